@@ -1,0 +1,37 @@
+"""Compile one Python loop into several Numba functions that differ in the scalar
+functions they call (bound as globals) and in being serial or parallel.
+
+Numba's on-disk cache names a function's entries after its qualified name, so
+each copy gets a name of its own (``<loop>__<tag>__serial|parallel``); otherwise
+the serial and parallel copies of one loop would overwrite each other's cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import types
+
+from numba import njit
+
+
+def source_hash(*modules) -> str:
+    """A short hash of the source of ``modules``, for the names of the copies.
+
+    Numba's cache only checks the file of the loop itself; putting the hash of the
+    point functions' sources into the name makes an edit there recompile.
+    """
+    data = b"".join(pathlib.Path(m.__file__).read_bytes() for m in modules)
+    return hashlib.sha1(data).hexdigest()[:10]
+
+
+def specialise(loop, tag: str, bound: dict, parallel: bool):
+    """A Numba-compiled copy of ``loop`` whose globals include ``bound``."""
+    name = f"{loop.__name__}__{tag}__{'parallel' if parallel else 'serial'}"
+    namespace = dict(loop.__globals__)
+    namespace.update(bound)
+    fn = types.FunctionType(loop.__code__, namespace, name, loop.__defaults__)
+    fn.__qualname__ = name
+    fn.__module__ = loop.__module__
+    fn.__doc__ = loop.__doc__
+    return njit(parallel=parallel, nogil=True, cache=True)(fn)

@@ -1,0 +1,172 @@
+"""Every registered loss × variant × backend × dtype × reduction against the float64
+reference, and the reference's gradients and Hessians against finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import numbaloss as nl
+from cases import BACKENDS, COMPILED, DTYPES, REDUCTIONS, SOFTMAX, all_cases, case_id, make_case, rows_of
+
+CASES = all_cases()
+
+
+def tolerance(dtype):
+    return dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=1e-6)
+
+
+def as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def assert_close(actual, expected, dtype):
+    for a, e in zip(as_tuple(actual), as_tuple(expected)):
+        np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(e, dtype=np.float64),
+                                   **tolerance(dtype))
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_backend_matches_reference(case, dtype, reduction, backend):
+    name, params = case
+    loss = nl.LOSSES[name]
+    rng = np.random.default_rng(len(name) * 7 + len(params))
+    for dense in ([False, True] if name in SOFTMAX else [False]):
+        inputs, kwargs = make_case(name, params, rng, dtype=dtype, dense=dense)
+        value, grad = loss.value_and_grad(*inputs, reduction=reduction, backend=backend, **kwargs)
+        ref_value, ref_grad = loss.value_and_grad(*inputs, reduction=reduction, backend="numpy", **kwargs)
+        assert_close(value, ref_value, dtype)
+        assert_close(grad, ref_grad, dtype)
+        for g, i in zip(as_tuple(grad), loss.differentiable):
+            assert g.dtype == dtype and g.shape == inputs[i].shape
+        if reduction == "none":
+            for val in as_tuple(value):
+                assert val.dtype == dtype
+        else:
+            assert isinstance(value, np.float64)
+        # the three entry points agree
+        assert_close(loss(*inputs, reduction=reduction, backend=backend, **kwargs), value, np.float64)
+        assert_close(loss.grad(*inputs, reduction=reduction, backend=backend, **kwargs), grad, np.float64)
+
+
+def numeric_gradient(f, x, h=1e-6):
+    """Central finite differences of the scalar f at x (float64)."""
+    grad = np.zeros_like(x)
+    flat = x.reshape(-1)
+    for k in range(flat.size):
+        keep = flat[k]
+        step = h * max(1.0, abs(keep))
+        flat[k] = keep + step
+        up = f(x)
+        flat[k] = keep - step
+        down = f(x)
+        flat[k] = keep
+        grad.reshape(-1)[k] = (up - down) / (2 * step)
+    return grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_gradient_matches_finite_differences(case, reduction, backend):
+    name, params = case
+    loss = nl.LOSSES[name]
+    rng = np.random.default_rng(3)
+    inputs, kwargs = make_case(name, params, rng, shape=(4, 3))
+    weights = {}
+    if loss.has_sample_weight:
+        weights["sample_weight"] = rng.uniform(0.5, 2.0, rows_of(inputs, name))
+    grads = as_tuple(loss.grad(*inputs, reduction=reduction, backend=backend, **weights, **kwargs))
+    for g, i in zip(grads, loss.differentiable):
+        x = inputs[i].copy()
+
+        def value_at(point, i=i):
+            args = list(inputs)
+            args[i] = point
+            return loss(*args, reduction=reduction, backend=backend, **weights, **kwargs)
+
+        np.testing.assert_allclose(g, numeric_gradient(value_at, x), rtol=1e-5, atol=1e-7)
+
+
+HESSIAN_CASES = [c for c in CASES if nl.LOSSES[c[0]].has_hessian]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", HESSIAN_CASES, ids=case_id)
+def test_grad_hess(case, backend):
+    name, params = case
+    loss = nl.LOSSES[name]
+    rng = np.random.default_rng(5)
+    inputs, kwargs = make_case(name, params, rng, shape=(4, 3))
+    w = rng.uniform(0.5, 2.0, 4)
+    grad, hess = loss.grad_hess(*inputs, sample_weight=w, backend=backend, **kwargs)
+    # the gradient of grad_hess is the per-element gradient of the weighted sum
+    np.testing.assert_allclose(grad, loss.grad(*inputs, reduction="sum", sample_weight=w, backend=backend,
+                                               **kwargs), rtol=1e-12, atol=1e-14)
+    # its Hessian is the derivative of that gradient (diagonal for softmax losses)
+    z = inputs[1].copy()
+    numeric = np.zeros_like(z)
+    for k in range(z.size):
+        keep = z.flat[k]
+        step = 1e-6 * max(1.0, abs(keep))
+        z.flat[k] = keep + step
+        up = loss.grad(inputs[0], z, reduction="sum", sample_weight=w, backend=backend, **kwargs).flat[k]
+        z.flat[k] = keep - step
+        down = loss.grad(inputs[0], z, reduction="sum", sample_weight=w, backend=backend, **kwargs).flat[k]
+        z.flat[k] = keep
+        numeric.flat[k] = (up - down) / (2 * step)
+    np.testing.assert_allclose(hess, numeric, rtol=1e-5, atol=1e-6)
+    ref = loss.grad_hess(*inputs, sample_weight=w, backend="numpy", **kwargs)
+    assert_close((grad, hess), ref, np.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", [c for c in CASES if nl.LOSSES[c[0]].has_sample_weight], ids=case_id)
+def test_sample_weight_definition(case, backend):
+    """weighted sum = Σᵢ wᵢ Σⱼ lᵢⱼ, weighted mean = that / (m Σᵢ wᵢ); "none" returns wᵢ lᵢⱼ."""
+    name, params = case
+    loss = nl.LOSSES[name]
+    rng = np.random.default_rng(11)
+    inputs, kwargs = make_case(name, params, rng, shape=(6, 4))
+    w = rng.uniform(0.0, 3.0, 6)
+    plain = loss(*inputs, reduction="none", backend=backend, **kwargs)
+    weighted = loss(*inputs, reduction="none", sample_weight=w, backend=backend, **kwargs)
+    w_b = w.reshape((6,) + (1,) * (plain.ndim - 1))
+    np.testing.assert_allclose(weighted, w_b * plain, rtol=1e-12)
+    total = loss(*inputs, reduction="sum", sample_weight=w, backend=backend, **kwargs)
+    np.testing.assert_allclose(total, np.sum(w_b * plain), rtol=1e-12)
+    if name in SOFTMAX and ("class_weight" in kwargs or "ignore_index" in kwargs):
+        return  # mean divides by Σ wᵢ c_{yᵢ}: checked against PyTorch's numbers in test_peers
+    m = plain.size // 6
+    mean = loss(*inputs, sample_weight=w, backend=backend, **kwargs)
+    np.testing.assert_allclose(mean, np.sum(w_b * plain) / (m * w.sum()), rtol=1e-12)
+    ones = loss(*inputs, sample_weight=np.ones(6), backend=backend, **kwargs)
+    np.testing.assert_allclose(ones, loss(*inputs, backend=backend, **kwargs), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_total_weight_gives_nan_mean(backend):
+    y, z = np.zeros((3, 2)), np.ones((3, 2))
+    value, grad = nl.mse.value_and_grad(y, z, sample_weight=np.zeros(3), backend=backend)
+    assert np.isnan(value) and np.all(np.isnan(grad))
+    assert nl.mse(y, z, sample_weight=np.zeros(3), reduction="sum", backend=backend) == 0.0
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_parallel_path_matches_reference(case, backend):
+    """Inputs above the parallel threshold, with weights: chunk and row boundaries."""
+    name, params = case
+    loss = nl.LOSSES[name]
+    rng = np.random.default_rng(17)
+    shape = (20_011, 7) if name in SOFTMAX else (30_011, 7)
+    inputs, kwargs = make_case(name, params, rng, shape=shape, dtype=np.float32)
+    weights = {"sample_weight": rng.uniform(0, 2, shape[0])} if loss.has_sample_weight else {}
+    value, grad = loss.value_and_grad(*inputs, backend=backend, **weights, **kwargs)
+    ref_value, ref_grad = loss.value_and_grad(*inputs, backend="numpy", **weights, **kwargs)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    for g, r in zip(as_tuple(grad), as_tuple(ref_grad)):
+        np.testing.assert_allclose(g, r, rtol=2e-5, atol=1e-12)

@@ -185,10 +185,9 @@ def run_elementwise(module, term: Term, y, z, weights, reduction, factor, want_v
 
     grad_buf = grad_target = None
     if want_grad:
-        grad_buf, grad_target = _gradient_buffer(out, f"out (gradient of {pred_name})", (n,),
+        grad_buf, grad_target = _gradient_buffer(out, f"out (gradient of {pred_name})", shape,
                                                  dtype, result_dtype)
-        if out is not None:
-            grad_target = grad_target.reshape(shape)
+        grad_buf = grad_buf.reshape(-1)
 
     if reduction == "none":
         values = np.empty(n, dtype=dtype)
@@ -269,8 +268,9 @@ class PointwiseLoss(Loss):
         n = z_flat.shape[0]
         n_rows = z.shape[0] if z.ndim else 1
         m = n // n_rows if n_rows else 0
-        g_buf, g_target = _gradient_buffer(out_grad, "out[0] (gradient)", (n,), dtype, result_dtype)
-        h_buf, h_target = _gradient_buffer(out_hess, "out[1] (Hessian)", (n,), dtype, result_dtype)
+        g_buf, g_target = _gradient_buffer(out_grad, "out[0] (gradient)", z.shape, dtype, result_dtype)
+        h_buf, h_target = _gradient_buffer(out_hess, "out[1] (Hessian)", z.shape, dtype, result_dtype)
+        g_buf, h_buf = g_buf.reshape(-1), h_buf.reshape(-1)
         _, flags = module.elementwise(term.name, term.params, term.target_domain + term.prediction_domain,
                                       y_flat, z_flat, weights, m, "grad_hess", 1.0, None, g_buf, h_buf)
         if flags:
@@ -278,7 +278,7 @@ class PointwiseLoss(Loss):
         results = []
         for buf, target, given in ((g_buf, g_target, out_grad), (h_buf, h_target, out_hess)):
             if given is not None:
-                results.append(_finish(buf.reshape(z.shape), target.reshape(z.shape)))
+                results.append(_finish(buf.reshape(z.shape), target))
             else:
                 results.append(_cast_result(buf.reshape(z.shape), result_dtype))
         return tuple(results)

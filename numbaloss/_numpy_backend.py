@@ -87,6 +87,9 @@ def softmax_rows(kind, params, y, z, w, class_weight, ignore_index, mode, scale,
         if mode == "none":
             out_value[...] = scale * weights * loss
         row_scale = (1.0 if mode == "grad_hess" else scale) * weights[:, None]
+        if target_kind == "labels" and ignore_index is not None:
+            # ignored rows get an exact zero gradient, even when the scale is nan (PyTorch)
+            row_scale = np.where((y == ignore_index)[:, None], 0.0, row_scale)
         if grad is not None:
             grad[...] = row_scale * first
         if mode == "grad_hess":

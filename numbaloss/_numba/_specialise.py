@@ -34,4 +34,5 @@ def specialise(loop, tag: str, bound: dict, parallel: bool):
     fn.__qualname__ = name
     fn.__module__ = loop.__module__
     fn.__doc__ = loop.__doc__
-    return njit(parallel=parallel, nogil=True, cache=True)(fn)
+    # error_model="numpy": x/0 gives inf or nan as in NumPy instead of raising
+    return njit(parallel=parallel, nogil=True, cache=True, error_model="numpy")(fn)

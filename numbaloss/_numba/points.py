@@ -19,7 +19,7 @@ import math
 
 from numba import njit
 
-point = njit(inline="always", nogil=True)
+point = njit(inline="always", nogil=True, error_model="numpy")
 
 
 @point

@@ -29,7 +29,7 @@ BAD_PREDICTION = 2
 BAD_LABEL = 4
 ROW_CHUNK_ELEMENTS = 1 << 14
 
-inline = njit(inline="always", nogil=True)
+inline = njit(inline="always", nogil=True, error_model="numpy")
 
 
 @inline
@@ -67,15 +67,13 @@ def _max_and_argmax(z, i):
 
 
 @inline
-def _log_sum_exp(z, i, m, want_grad, grad):
-    """log Σ e^{zⱼ}, storing e^{zⱼ − m} in grad[i] when the gradient is wanted."""
+def _log_sum_exp_shifted(z, i, m):
+    """log Σⱼ e^{zⱼ − m}: the log-sum-exp less the shift m, so that log pⱼ =
+    (zⱼ − m) − this keeps its precision when the logits are huge."""
     total = 0.0
     for j in range(z.shape[1]):
-        e = math.exp(np.float64(z[i, j]) - m)
-        total += e
-        if want_grad:
-            grad[i, j] = e
-    return m + math.log(total)
+        total += math.exp(np.float64(z[i, j]) - m)
+    return math.log(total)
 
 
 # ----------------------------------------------------------------------- cce
@@ -90,16 +88,16 @@ def cce_logits_labels(target, i, z, cw, p, has_ignore, ignore_index, s, want_gra
     smoothing = p[0]
     uniform = smoothing / k
     m, _ = _max_and_argmax(z, i)
-    lse = _log_sum_exp(z, i, m, want_grad, grad)
+    log_total = _log_sum_exp_shifted(z, i, m)
     c_label = (1.0 - smoothing) * cw[label]
     weight_total = c_label + uniform * p[1]  # S = Σⱼ cⱼtⱼ
-    loss = weight_total * lse - c_label * np.float64(z[i, label])
+    loss = weight_total * log_total - c_label * (np.float64(z[i, label]) - m)
     if uniform != 0.0:
         for j in range(k):
-            loss -= uniform * cw[j] * np.float64(z[i, j])
+            loss -= uniform * cw[j] * (np.float64(z[i, j]) - m)
     if want_grad or want_hess:
         for j in range(k):
-            prob = math.exp(np.float64(z[i, j]) - lse)
+            prob = math.exp(np.float64(z[i, j]) - m - log_total)
             ct = uniform * cw[j] + (c_label if j == label else 0.0)
             if want_grad:
                 grad[i, j] = s * (prob * weight_total - ct)
@@ -114,7 +112,7 @@ def cce_logits_dense(target, i, z, cw, p, has_ignore, ignore_index, s, want_grad
     smoothing = p[0]
     uniform = smoothing / k
     m, _ = _max_and_argmax(z, i)
-    lse = _log_sum_exp(z, i, m, want_grad, grad)
+    log_total = _log_sum_exp_shifted(z, i, m)
     weight_total = 0.0
     loss = 0.0
     status = 0
@@ -124,10 +122,10 @@ def cce_logits_dense(target, i, z, cw, p, has_ignore, ignore_index, s, want_grad
             status = BAD_TARGET
         ct = cw[j] * (t * (1.0 - smoothing) + uniform)
         weight_total += ct
-        loss -= ct * (np.float64(z[i, j]) - lse)
+        loss -= ct * ((np.float64(z[i, j]) - m) - log_total)
     if want_grad or want_hess:
         for j in range(k):
-            prob = math.exp(np.float64(z[i, j]) - lse)
+            prob = math.exp(np.float64(z[i, j]) - m - log_total)
             ct = cw[j] * (np.float64(target[i, j]) * (1.0 - smoothing) + uniform)
             if want_grad:
                 grad[i, j] = s * (prob * weight_total - ct)
@@ -185,13 +183,14 @@ def cce_probs_dense(target, i, z, cw, p, has_ignore, ignore_index, s, want_grad,
 
 # --------------------------------------------------------------------- focal
 @inline
-def _focal_logit_class(zij, lse, log_rest, gamma):
-    """For one class: (p, log p, u = (1 − p)^γ, B/a, dB/dp / a) in log space.
+def _focal_logit_class(shifted, log_total, log_rest, gamma):
+    """For one class with logit zⱼ = m + ``shifted``: (p, log p, u = (1 − p)^γ, B/a,
+    dB/dp / a) in log space.
 
     ``log_rest`` is log(1 − p) when it was computed from the other classes
     (the arg-max class), or nan to take log1p(−p) (exact for p ≤ ½).
     """
-    logp = zij - lse
+    logp = shifted - log_total
     prob = math.exp(logp)
     log_q = log_rest if not math.isnan(log_rest) else math.log1p(-prob)
     q = math.exp(log_q)
@@ -220,8 +219,8 @@ def _focal_logits_row(target, i, z, alphas, gamma, label, dense, s, want_grad, g
         total += e
         if j != arg:
             rest += e
-    lse = m + math.log(total)
-    log_rest = math.log(rest) - math.log(total) if k > 1 else -math.inf
+    log_total = math.log(total)
+    log_rest = math.log(rest) - log_total if k > 1 else -math.inf
     loss = 0.0
     sum_b = 0.0
     sum_c = 0.0
@@ -235,7 +234,7 @@ def _focal_logits_row(target, i, z, alphas, gamma, label, dense, s, want_grad, g
         if a == 0.0:
             continue
         prob, logp, u, b, dbdp = _focal_logit_class(
-            np.float64(z[i, j]), lse, log_rest if j == arg else math.nan, gamma
+            np.float64(z[i, j]) - m, log_total, log_rest if j == arg else math.nan, gamma
         )
         loss -= a * u * logp
         sum_b += a * b
@@ -246,7 +245,7 @@ def _focal_logits_row(target, i, z, alphas, gamma, label, dense, s, want_grad, g
         for j in range(k):
             a = alphas[j] * _focal_target(target, i, j, label, dense)
             prob, logp, u, b, dbdp = _focal_logit_class(
-                np.float64(z[i, j]), lse, log_rest if j == arg else math.nan, gamma
+                np.float64(z[i, j]) - m, log_total, log_rest if j == arg else math.nan, gamma
             )
             b_j = a * b if a != 0.0 else 0.0
             c_j = a * prob * dbdp if a != 0.0 else 0.0

@@ -1,0 +1,112 @@
+"""The ``numbaloss`` command line (also ``python -m numbaloss``).
+
+    numbaloss demo     every loss on every available backend, on built-in synthetic
+                       data: value, agreement with the reference and with finite
+                       differences, time per call
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from . import _config
+from ._registry import LOSSES
+
+
+def _as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def _max_abs_diff(a, b) -> float:
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0))
+               for x, y in zip(_as_tuple(a), _as_tuple(b)))
+
+
+def _finite_difference_error(loss, inputs, backend, grads, h=1e-6) -> float:
+    """Max |analytic − central finite difference| over every differentiable input (float64)."""
+    worst = 0.0
+    for grad, index in zip(_as_tuple(grads), loss.differentiable):
+        x = np.array(inputs[index], dtype=np.float64)
+        for k in range(x.size):
+            keep = x.flat[k]
+            values = []
+            for step in (h, -h):
+                x.flat[k] = keep + step
+                args = list(inputs)
+                args[index] = x
+                values.append(loss(*args, backend=backend))
+            x.flat[k] = keep
+            worst = max(worst, abs((values[0] - values[1]) / (2 * h) - grad.flat[k]))
+    return worst
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # compile / warm caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def demo(args) -> int:
+    rng = np.random.default_rng(args.seed)
+    status = _config.backend_status()
+    backends = [b for b, state in status.items() if state == "available"]
+    print("numbaloss demo: every loss on built-in synthetic data")
+    for name, state in status.items():
+        print(f"  backend {name:7s} {'available' if state == 'available' else state}")
+    print(f"  timing: value_and_grad on {args.size:,} float32 elements, median of {args.repeats}\n")
+    header = f"{'loss':28s} {'backend':8s} {'value':>14s} {'|Δ value|':>10s} {'|Δ grad|':>10s} " \
+             f"{'|grad−FD|':>10s} {'time/call':>11s}"
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for name, loss in LOSSES.items():
+        small = loss.example(rng, (6, 4), np.float64)
+        rows = max(1, args.size // 10)
+        large = loss.example(rng, (rows, 10), np.float32)
+        ref_value, ref_grad = loss.value_and_grad(*small, backend="numpy")
+        for backend in backends:
+            if backend == "cuda":
+                continue  # NumPy inputs run on the CPU backends; cuda has its own demo data path
+            value, grad = loss.value_and_grad(*small, backend=backend)
+            value_err = abs(value - ref_value)
+            grad_err = _max_abs_diff(grad, ref_grad)
+            fd_err = _finite_difference_error(loss, small, backend, grad)
+            seconds = _median_time(lambda: loss.value_and_grad(*large, backend=backend), args.repeats)
+            ok = value_err <= 1e-10 * max(1.0, abs(ref_value)) and grad_err <= 1e-10 and fd_err <= 1e-6
+            failures += not ok
+            print(f"{name:28s} {backend:8s} {value:14.8f} {value_err:10.1e} {grad_err:10.1e} "
+                  f"{fd_err:10.1e} {seconds * 1e3:8.3f} ms" + ("" if ok else "  MISMATCH"))
+    print()
+    print("all losses agree with the reference and with finite differences" if not failures
+          else f"{failures} mismatch(es)")
+    return 1 if failures else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="numbaloss", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_demo = sub.add_parser("demo", help="every loss on every backend, checked and timed")
+    p_demo.add_argument("--size", type=int, default=1_000_000, help="elements for the timing (default 1e6)")
+    p_demo.add_argument("--repeats", type=int, default=5)
+    p_demo.add_argument("--seed", type=int, default=0)
+    p_demo.set_defaults(run=demo)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # e.g. piped into head
+        return 0
+    except (ValueError, TypeError, _config.BackendUnavailableError) as exc:
+        print(f"numbaloss: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

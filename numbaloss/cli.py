@@ -3,6 +3,8 @@
     numbaloss demo     every loss on every available backend, on built-in synthetic
                        data: value, agreement with the reference and with finite
                        differences, time per call
+    numbaloss bench    value+gradient per loss and backend against the hand-written
+                       NumPy version and the memory floor, measured in one run
 """
 
 from __future__ import annotations
@@ -90,6 +92,18 @@ def demo(args) -> int:
     return 1 if failures else 0
 
 
+def bench(args) -> int:
+    from . import bench as _bench
+
+    backends = args.backend or None
+    rows = _bench.run(size=args.size, repeats=args.repeats, dtype=np.dtype(args.dtype),
+                      backends=backends, only=args.losses or None)
+    print(f"value_and_grad, {args.size:,} {args.dtype} elements, median of {args.repeats} "
+          f"({_config.get_num_threads()} threads)")
+    print(_bench.format_table(rows))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="numbaloss", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +112,13 @@ def main(argv=None) -> int:
     p_demo.add_argument("--repeats", type=int, default=5)
     p_demo.add_argument("--seed", type=int, default=0)
     p_demo.set_defaults(run=demo)
+    p_bench = sub.add_parser("bench", help="time value+gradient against NumPy and the memory floor")
+    p_bench.add_argument("losses", nargs="*", help="loss names (default: all benchmark cases)")
+    p_bench.add_argument("--size", type=int, default=10_000_000)
+    p_bench.add_argument("--repeats", type=int, default=7)
+    p_bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p_bench.add_argument("--backend", action="append", help="backend to time (repeatable)")
+    p_bench.set_defaults(run=bench)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -25,7 +25,7 @@ def source_hash(*modules) -> str:
     return hashlib.sha1(data).hexdigest()[:10]
 
 
-def specialise(loop, tag: str, bound: dict, parallel: bool):
+def specialise(loop, tag: str, bound: dict, parallel: bool, fastmath=False):
     """A Numba-compiled copy of ``loop`` whose globals include ``bound``."""
     name = f"{loop.__name__}__{tag}__{'parallel' if parallel else 'serial'}"
     namespace = dict(loop.__globals__)
@@ -35,4 +35,4 @@ def specialise(loop, tag: str, bound: dict, parallel: bool):
     fn.__module__ = loop.__module__
     fn.__doc__ = loop.__doc__
     # error_model="numpy": x/0 gives inf or nan as in NumPy instead of raising
-    return njit(parallel=parallel, nogil=True, cache=True, error_model="numpy")(fn)
+    return njit(parallel=parallel, nogil=True, cache=True, error_model="numpy", fastmath=fastmath)(fn)

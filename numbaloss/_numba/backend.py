@@ -44,7 +44,7 @@ def elementwise(term, params, bounds, y, z, w, m, mode, scale, out_value, grad, 
     Returns (total or 0.0, domain flags).
     """
     n = z.shape[0]
-    loops = _elementwise.loops_for(term)
+    loops = _elementwise.loops_for(term, bounds)
     if w is None:
         w, m = _EMPTY_WEIGHTS, max(n, 1)
     if n >= _elementwise.PARALLEL_THRESHOLD:

@@ -6,6 +6,11 @@ the thread count), accumulates in float64, and checks each element against the
 term's domain in the same pass (``bounds = (y_lo, y_hi, z_lo, z_hi)``; a value
 outside sets a bit of the returned flags, NaN sets none).
 
+The loops are compiled with ``fastmath={"reassoc"}`` so that the float64
+accumulation vectorizes; the point functions are separate functions whose
+instructions keep strict semantics (see ``points``).  The result depends on the
+chunking and the vector width, not on the thread count.
+
 Sample weights are one per row of ``m`` consecutive elements; ``w`` is empty
 when there are none, and then the caller passes ``m = n`` so that every chunk is
 a single row segment and the inner loop runs unbroken.
@@ -25,7 +30,11 @@ from numba import njit, prange
 from . import points
 from ._specialise import source_hash, specialise
 
+# Loops are written `for i in range(count): e = start + i`: Numba's `range(start,
+# stop)` with a non-zero start compiled here to a loop 50-80x slower (not vectorized).
 CHUNK = 1 << 14
+CHECK_DOMAIN = True  # rebound per compiled copy (see TermLoops)
+_REASSOC = {"reassoc"}
 #: Below this many elements the serial copy runs: two threads cost more than they give.
 PARALLEL_THRESHOLD = 1 << 17
 
@@ -34,6 +43,8 @@ _SOURCES_HASH = source_hash(points)
 
 @njit(inline="always")
 def _domain_flags(y, z, bounds):
+    if not CHECK_DOMAIN:  # a term without domains: the check compiles away
+        return 0
     bad_y = 1 if (y < bounds[0]) | (y > bounds[1]) else 0
     bad_z = 2 if (z < bounds[2]) | (z > bounds[3]) else 0
     return bad_y | bad_z
@@ -64,7 +75,8 @@ def value_sum(y, z, w, m, p, bounds):
             row = k // m
             seg_end = min((row + 1) * m, end)
             seg = 0.0
-            for e in range(k, seg_end):
+            for i in range(seg_end - k):
+                e = k + i
                 yy = np.float64(y[e])
                 zz = np.float64(z[e])
                 found |= _domain_flags(yy, zz, bounds)
@@ -93,7 +105,8 @@ def value_sum_and_grad(y, z, w, m, p, bounds, scale, grad):
             wi = w[row] if w.shape[0] else 1.0
             s = scale * wi
             seg = 0.0
-            for e in range(k, seg_end):
+            for i in range(seg_end - k):
+                e = k + i
                 yy = np.float64(y[e])
                 zz = np.float64(z[e])
                 found |= _domain_flags(yy, zz, bounds)
@@ -120,7 +133,8 @@ def grad_only(y, z, w, m, p, bounds, scale, grad):
             row = k // m
             seg_end = min((row + 1) * m, end)
             s = scale * (w[row] if w.shape[0] else 1.0)
-            for e in range(k, seg_end):
+            for i in range(seg_end - k):
+                e = k + i
                 yy = np.float64(y[e])
                 zz = np.float64(z[e])
                 found |= _domain_flags(yy, zz, bounds)
@@ -147,7 +161,8 @@ def value_none(y, z, w, m, p, bounds, scale, out, want_grad, grad):
             seg_end = min((row + 1) * m, end)
             s = scale * (w[row] if w.shape[0] else 1.0)
             if want_grad:
-                for e in range(k, seg_end):
+                for i in range(seg_end - k):
+                    e = k + i
                     yy = np.float64(y[e])
                     zz = np.float64(z[e])
                     found |= _domain_flags(yy, zz, bounds)
@@ -155,7 +170,8 @@ def value_none(y, z, w, m, p, bounds, scale, out, want_grad, grad):
                     out[e] = s * value
                     grad[e] = s * derivative
             else:
-                for e in range(k, seg_end):
+                for i in range(seg_end - k):
+                    e = k + i
                     yy = np.float64(y[e])
                     zz = np.float64(z[e])
                     found |= _domain_flags(yy, zz, bounds)
@@ -181,7 +197,8 @@ def grad_and_hess(y, z, w, m, p, bounds, grad, hess):
             row = k // m
             seg_end = min((row + 1) * m, end)
             wi = w[row] if w.shape[0] else 1.0
-            for e in range(k, seg_end):
+            for i in range(seg_end - k):
+                e = k + i
                 yy = np.float64(y[e])
                 zz = np.float64(z[e])
                 found |= _domain_flags(yy, zz, bounds)
@@ -200,29 +217,32 @@ _LOOPS = (value_sum, value_sum_and_grad, grad_only, value_none, grad_and_hess)
 
 
 class TermLoops:
-    """The compiled loops of one term: ``loops.<loop name>(parallel)`` (lazily compiled
-    by Numba on the first call with each signature)."""
+    """The compiled loops of one term: ``loops.get(loop name, n)`` (lazily compiled
+    by Numba on the first call with each signature).  ``check_domain`` is False for
+    terms whose inputs may be any real number."""
 
-    def __init__(self, term: str):
-        bound = {"value_grad": getattr(points, f"{term}_value_grad")}
+    def __init__(self, term: str, check_domain: bool):
+        bound = {"value_grad": getattr(points, f"{term}_value_grad"), "CHECK_DOMAIN": check_domain}
         hess = getattr(points, f"{term}_grad_hess", None)
         names = [loop for loop in _LOOPS if loop is not grad_and_hess or hess is not None]
         if hess is not None:
             bound["grad_hess"] = hess
-        tag = f"{term}__{_SOURCES_HASH}"
-        self._serial = {f.__name__: specialise(f, tag, bound, False) for f in names}
-        self._parallel = {f.__name__: specialise(f, tag, bound, True) for f in names}
+        tag = f"{term}__{'checked' if check_domain else 'unchecked'}__{_SOURCES_HASH}"
+        self._serial = {f.__name__: specialise(f, tag, bound, False, _REASSOC) for f in names}
+        self._parallel = {f.__name__: specialise(f, tag, bound, True, _REASSOC) for f in names}
 
     def get(self, loop: str, n: int):
         table = self._parallel if n >= PARALLEL_THRESHOLD else self._serial
         return table[loop]
 
 
-_TERMS: dict[str, TermLoops] = {}
+_TERMS: dict[tuple, TermLoops] = {}
 
 
-def loops_for(term: str) -> TermLoops:
-    loops = _TERMS.get(term)
+def loops_for(term: str, bounds: tuple) -> TermLoops:
+    check_domain = any(abs(b) != np.inf for b in bounds)
+    key = (term, check_domain)
+    loops = _TERMS.get(key)
     if loops is None:
-        loops = _TERMS[term] = TermLoops(term)
+        loops = _TERMS[key] = TermLoops(term, check_domain)
     return loops

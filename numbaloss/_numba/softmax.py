@@ -338,7 +338,9 @@ def rows(target, z, w, cw, p, has_ignore, ignore_index, scale, write_values, out
     for c in prange(n_chunks):
         acc = 0.0
         found = 0
-        for i in range(c * per_chunk, min((c + 1) * per_chunk, n)):
+        first = c * per_chunk
+        for r in range(min(per_chunk, n - first)):
+            i = first + r
             wi = w[i] if w.shape[0] else 1.0
             loss, status = row(target, i, z, cw, p, has_ignore, ignore_index, scale * wi,
                                want_grad, grad, want_hess, hess)

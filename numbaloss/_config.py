@@ -68,8 +68,8 @@ def load_backend(name: str):
         except BackendUnavailableError as exc:
             _unavailable[name] = str(exc)
             raise
-        except ImportError as exc:
-            reason = f"backend {name!r} is not available: {exc}"
+        except Exception as exc:  # a backend that fails to load is unavailable, never fatal
+            reason = f"backend {name!r} is not available: {type(exc).__name__}: {exc}"
             _unavailable[name] = reason
             raise BackendUnavailableError(reason) from exc
         if _num_threads is not None and hasattr(module, "set_num_threads"):

@@ -1,9 +1,9 @@
 """Compile one Python loop into several Numba functions that differ in the scalar
-functions they call (bound as globals) and in being serial or parallel.
+functions and constants they use (bound as globals).
 
 Numba's on-disk cache names a function's entries after its qualified name, so
-each copy gets a name of its own (``<loop>__<tag>__serial|parallel``); otherwise
-the serial and parallel copies of one loop would overwrite each other's cache.
+each copy gets a name of its own (``<loop>__<tag>``); otherwise the copies of one
+loop would overwrite each other's cache.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ def source_hash(*modules) -> str:
     return hashlib.sha1(data).hexdigest()[:10]
 
 
-def specialise(loop, tag: str, bound: dict, parallel: bool, fastmath=False):
+def specialise(loop, tag: str, bound: dict):
     """A Numba-compiled copy of ``loop`` whose globals include ``bound``."""
-    name = f"{loop.__name__}__{tag}__{'parallel' if parallel else 'serial'}"
+    name = f"{loop.__name__}__{tag}"
     namespace = dict(loop.__globals__)
     namespace.update(bound)
     fn = types.FunctionType(loop.__code__, namespace, name, loop.__defaults__)
@@ -35,4 +35,4 @@ def specialise(loop, tag: str, bound: dict, parallel: bool, fastmath=False):
     fn.__module__ = loop.__module__
     fn.__doc__ = loop.__doc__
     # error_model="numpy": x/0 gives inf or nan as in NumPy instead of raising
-    return njit(parallel=parallel, nogil=True, cache=True, error_model="numpy", fastmath=fastmath)(fn)
+    return njit(nogil=True, cache=True, error_model="numpy")(fn)

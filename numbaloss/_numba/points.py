@@ -10,12 +10,10 @@ the math of both dtypes runs in float64 registers); ``p`` is the term's paramete
 tuple, in the order ``numbaloss._registry`` packs it.  numba.cuda kernels can call
 them too.
 
-They are plain ``@njit`` functions, not ``inline="always"``: LLVM still inlines them
-into each loop (and drops what the loop does not use, like the value in a
-gradient-only loop), but their instructions keep strict IEEE semantics while the
-loop around them is compiled with ``fastmath={"reassoc"}`` so that its float64 sum
-vectorizes.  Inlined at Numba's level they would inherit that flag, and LLVM could
-then reassociate the careful expressions below.
+They are ``inline="always"``, so each loop compiles them into its body (and LLVM
+drops what the loop does not use, like the value in a gradient-only loop), and
+they use the branch-free ``exp``/``log``/``log1p`` of ``fastmath`` so that the loops
+vectorize.  The loops calling them must not use fastmath flags (see ``fastmath``).
 """
 
 from __future__ import annotations
@@ -24,18 +22,20 @@ import math
 
 from numba import njit
 
-point = njit(nogil=True, error_model="numpy")
+from .fastmath import exp, log, log1p
+
+point = njit(inline="always", nogil=True, error_model="numpy")
 
 
 @point
 def _sigmoid(z):
-    e = math.exp(-abs(z))
+    e = exp(-abs(z))
     return 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
 
 
 @point
 def _softplus(x):
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+    return max(x, 0.0) + log1p(exp(-abs(x)))
 
 
 @point
@@ -98,8 +98,8 @@ def bce_logits_value_grad(y, z, p):
     pos_weight = p[0]
     smoothing = p[1]
     y = y * (1.0 - smoothing) + 0.5 * smoothing
-    e = math.exp(-abs(z))
-    log1pe = math.log1p(e)
+    e = exp(-abs(z))
+    log1pe = log1p(e)
     # softplus(z) and softplus(-z) share log1p(e^{-|z|})
     sp_pos = max(z, 0.0) + log1pe
     sp_neg = max(-z, 0.0) + log1pe
@@ -113,7 +113,7 @@ def bce_logits_grad_hess(y, z, p):
     pos_weight = p[0]
     smoothing = p[1]
     y = y * (1.0 - smoothing) + 0.5 * smoothing
-    e = math.exp(-abs(z))
+    e = exp(-abs(z))
     s = 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
     a = pos_weight * y + 1.0 - y
     # σ(z)(1 − σ(z)) = e / (1 + e)² for e = exp(−|z|), either sign
@@ -126,7 +126,7 @@ def bce_probs_value_grad(y, z, p):
     smoothing = p[1]
     y = y * (1.0 - smoothing) + 0.5 * smoothing
     q = _clip(z, p[2])
-    loss = -(pos_weight * y * math.log(q) + (1.0 - y) * math.log1p(-q))
+    loss = -(pos_weight * y * log(q) + (1.0 - y) * log1p(-q))
     return loss, -pos_weight * y / q + (1.0 - y) / (1.0 - q)
 
 
@@ -144,8 +144,8 @@ def bce_probs_grad_hess(y, z, p):
 @point
 def _focal_parts_logits(y, z):
     """(ce, ce′, ce″, log q, r = q′/q, q″/q) for q = 1 − p_t on a logit."""
-    e = math.exp(-abs(z))
-    log1pe = math.log1p(e)
+    e = exp(-abs(z))
+    log1pe = log1p(e)
     sp_pos = max(z, 0.0) + log1pe  # −log(1 − σ(z))
     sp_neg = max(-z, 0.0) + log1pe  # −log σ(z)
     s = 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
@@ -154,11 +154,11 @@ def _focal_parts_logits(y, z):
     dce = s - y
     d2ce = e / ((1.0 + e) * (1.0 + e))
     # log q = log(y·σ(−z) + (1 − y)·σ(z)) as a log-add-exp of the two terms
-    la = math.log(y) - sp_pos if y > 0.0 else -math.inf
-    lb = math.log1p(-y) - sp_neg if y < 1.0 else -math.inf
+    la = log(y) - sp_pos if y > 0.0 else -math.inf
+    lb = log1p(-y) - sp_neg if y < 1.0 else -math.inf
     hi = max(la, lb)
     lo = min(la, lb)
-    log_q = hi + math.log1p(math.exp(lo - hi)) if lo > -math.inf else hi
+    log_q = hi + log1p(exp(lo - hi)) if lo > -math.inf else hi
     inv = (y / s if y > 0.0 else 0.0) + ((1.0 - y) / om if y < 1.0 else 0.0)
     r = (1.0 - 2.0 * y) / inv
     if not math.isfinite(r):
@@ -170,16 +170,16 @@ def _focal_parts_logits(y, z):
 def _focal_parts_probs(y, z, eps):
     q_p = _clip(z, eps)
     om = 1.0 - q_p
-    ce = -(y * math.log(q_p) + (1.0 - y) * math.log1p(-q_p))
+    ce = -(y * log(q_p) + (1.0 - y) * log1p(-q_p))
     dce = -y / q_p + (1.0 - y) / om
     d2ce = y / (q_p * q_p) + (1.0 - y) / (om * om)
     q = y * om + (1.0 - y) * q_p
-    return ce, dce, d2ce, math.log(q), (1.0 - 2.0 * y) / q, 0.0
+    return ce, dce, d2ce, log(q), (1.0 - 2.0 * y) / q, 0.0
 
 
 @point
 def _modulation(gamma, log_q):
-    return 1.0 if gamma == 0.0 else math.exp(gamma * log_q)
+    return 1.0 if gamma == 0.0 else exp(gamma * log_q)
 
 
 @point

@@ -20,9 +20,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._specialise import specialise
+from . import fastmath
+from ._parallel import map_chunks
+from ._specialise import source_hash, specialise
+from .fastmath import exp, log, log1p, reassoc_add
 
 BAD_TARGET = 1
 BAD_PREDICTION = 2
@@ -72,8 +75,8 @@ def _log_sum_exp_shifted(z, i, m):
     (zⱼ − m) − this keeps its precision when the logits are huge."""
     total = 0.0
     for j in range(z.shape[1]):
-        total += math.exp(np.float64(z[i, j]) - m)
-    return math.log(total)
+        total = reassoc_add(total, exp(np.float64(z[i, j]) - m))
+    return log(total)
 
 
 # ----------------------------------------------------------------------- cce
@@ -97,7 +100,7 @@ def cce_logits_labels(target, i, z, cw, p, has_ignore, ignore_index, s, want_gra
             loss -= uniform * cw[j] * (np.float64(z[i, j]) - m)
     if want_grad or want_hess:
         for j in range(k):
-            prob = math.exp(np.float64(z[i, j]) - m - log_total)
+            prob = exp(np.float64(z[i, j]) - m - log_total)
             ct = uniform * cw[j] + (c_label if j == label else 0.0)
             if want_grad:
                 grad[i, j] = s * (prob * weight_total - ct)
@@ -121,11 +124,11 @@ def cce_logits_dense(target, i, z, cw, p, has_ignore, ignore_index, s, want_grad
         if t < 0.0 or t > 1.0:
             status = BAD_TARGET
         ct = cw[j] * (t * (1.0 - smoothing) + uniform)
-        weight_total += ct
-        loss -= ct * ((np.float64(z[i, j]) - m) - log_total)
+        weight_total = reassoc_add(weight_total, ct)
+        loss = reassoc_add(loss, -ct * ((np.float64(z[i, j]) - m) - log_total))
     if want_grad or want_hess:
         for j in range(k):
-            prob = math.exp(np.float64(z[i, j]) - m - log_total)
+            prob = exp(np.float64(z[i, j]) - m - log_total)
             ct = cw[j] * (np.float64(target[i, j]) * (1.0 - smoothing) + uniform)
             if want_grad:
                 grad[i, j] = s * (prob * weight_total - ct)
@@ -141,7 +144,7 @@ def _cce_probs_term(zij, ct, eps, s, i, j, want_grad, grad, want_hess, hess):
         grad[i, j] = -s * ct / prob
     if want_hess:
         hess[i, j] = s * ct / (prob * prob)
-    return -ct * math.log(prob), (BAD_PREDICTION if (zij < 0.0) | (zij > 1.0) else 0)
+    return -ct * log(prob), (BAD_PREDICTION if (zij < 0.0) | (zij > 1.0) else 0)
 
 
 @inline
@@ -191,10 +194,10 @@ def _focal_logit_class(shifted, log_total, log_rest, gamma):
     (the arg-max class), or nan to take log1p(−p) (exact for p ≤ ½).
     """
     logp = shifted - log_total
-    prob = math.exp(logp)
-    log_q = log_rest if not math.isnan(log_rest) else math.log1p(-prob)
-    q = math.exp(log_q)
-    u = 1.0 if gamma == 0.0 else math.exp(gamma * log_q)
+    prob = exp(logp)
+    log_q = log_rest if not math.isnan(log_rest) else log1p(-prob)
+    q = exp(log_q)
+    u = 1.0 if gamma == 0.0 else exp(gamma * log_q)
     ratio = logp / q if q > 0.0 else -1.0  # log p / (1 − p) → −1 as p → 1
     b = u * (1.0 - gamma * prob * ratio)
     dbdp = gamma * u / q * ((gamma - 1.0) * prob * ratio - logp - 2.0) if q > 0.0 else 0.0
@@ -215,12 +218,11 @@ def _focal_logits_row(target, i, z, alphas, gamma, label, dense, s, want_grad, g
     total = 0.0
     rest = 0.0
     for j in range(k):
-        e = math.exp(np.float64(z[i, j]) - m)
-        total += e
-        if j != arg:
-            rest += e
-    log_total = math.log(total)
-    log_rest = math.log(rest) - log_total if k > 1 else -math.inf
+        e = exp(np.float64(z[i, j]) - m)
+        total = reassoc_add(total, e)
+        rest = reassoc_add(rest, e if j != arg else 0.0)
+    log_total = log(total)
+    log_rest = log(rest) - log_total if k > 1 else -math.inf
     loss = 0.0
     sum_b = 0.0
     sum_c = 0.0
@@ -277,14 +279,14 @@ def focal_logits_dense(target, i, z, cw, p, has_ignore, ignore_index, s, want_gr
 def _focal_prob_class(zij, a, gamma, eps, s, i, j, want_grad, grad, want_hess, hess):
     prob = min(max(zij, eps), 1.0 - eps)
     q = 1.0 - prob
-    logp = math.log(prob)
-    log_q = math.log(q)
-    u = 1.0 if gamma == 0.0 else math.exp(gamma * log_q)
-    u1 = math.exp((gamma - 1.0) * log_q)  # q^{γ−1}
+    logp = log(prob)
+    log_q = log(q)
+    u = 1.0 if gamma == 0.0 else exp(gamma * log_q)
+    u1 = exp((gamma - 1.0) * log_q)  # q^{γ−1}
     if want_grad:
         grad[i, j] = -s * a * (u / prob - gamma * u1 * logp)
     if want_hess:
-        u2 = math.exp((gamma - 2.0) * log_q)
+        u2 = exp((gamma - 2.0) * log_q)
         hess[i, j] = -s * a * (
             gamma * (gamma - 1.0) * u2 * logp - 2.0 * gamma * u1 / prob - u / (prob * prob)
         )
@@ -327,18 +329,17 @@ def focal_probs_dense(target, i, z, cw, p, has_ignore, ignore_index, s, want_gra
 
 # ---------------------------------------------------------------------- loop
 def rows(target, z, w, cw, p, has_ignore, ignore_index, scale, write_values, out_value,
-         want_grad, grad, want_hess, hess):
-    """Σᵢ wᵢ·lᵢ over the rows and the status flags; fills out_value[i] = scale·wᵢ·lᵢ
-    when ``write_values``, grad/hess rows with scale·wᵢ·l′ / scale·wᵢ·l″ when wanted."""
+         want_grad, grad, want_hess, hess, c0, c1):
+    """Per chunk of rows in [c0, c1): Σᵢ wᵢ·lᵢ, and the status flags; fills
+    out_value[i] = scale·wᵢ·lᵢ when ``write_values``, grad/hess rows with
+    scale·wᵢ·l′ / scale·wᵢ·l″ when wanted."""
     n = z.shape[0]
-    per_chunk = max(1, ROW_CHUNK_ELEMENTS // max(z.shape[1], 1))
-    n_chunks = (n + per_chunk - 1) // per_chunk
-    partial = np.zeros(n_chunks)
-    flags = np.zeros(n_chunks, np.int64)
-    for c in prange(n_chunks):
+    per_chunk = _rows_per_chunk(z.shape[1])
+    partial = np.zeros(c1 - c0)
+    found = 0
+    for cc in range(c1 - c0):
+        first = (c0 + cc) * per_chunk
         acc = 0.0
-        found = 0
-        first = c * per_chunk
         for r in range(min(per_chunk, n - first)):
             i = first + r
             wi = w[i] if w.shape[0] else 1.0
@@ -348,38 +349,36 @@ def rows(target, z, w, cw, p, has_ignore, ignore_index, scale, write_values, out
             acc += wi * loss
             if write_values:
                 out_value[i] = scale * wi * loss
-        partial[c] = acc
-        flags[c] = found
-    total = 0.0
-    result = 0
-    for c in range(n_chunks):
-        total += partial[c]
-        result |= flags[c]
-    return total, result
+        partial[cc] = acc
+    return partial, found
+
+
+@njit(inline="always")
+def _rows_per_chunk(n_classes):
+    return max(1, ROW_CHUNK_ELEMENTS // max(n_classes, 1))
 
 
 KINDS = (
     "cce_logits_labels", "cce_logits_dense", "cce_probs_labels", "cce_probs_dense",
     "focal_logits_labels", "focal_logits_dense", "focal_probs_labels", "focal_probs_dense",
 )
-PARALLEL_THRESHOLD = 1 << 17
+_SOURCES_HASH = source_hash(fastmath)
 _compiled: dict = {}
 
 
-def _loop(kind: str, parallel: bool):
-    key = (kind, parallel)
-    fn = _compiled.get(key)
+def _loop(kind: str):
+    fn = _compiled.get(kind)
     if fn is None:
-        fn = _compiled[key] = specialise(rows, kind, {"row": globals()[kind]}, parallel)
+        tag = f"{kind}__{_SOURCES_HASH}"
+        fn = _compiled[kind] = specialise(rows, tag, {"row": globals()[kind]})
     return fn
 
 
 def run(kind, params, target, z, w, class_weight, ignore_index, mode, scale, out_value, grad, hess):
     """Dispatch one call; mode as in ``numbaloss._numba.backend.elementwise``."""
     n, k = z.shape
-    fn = _loop(kind, n * k >= PARALLEL_THRESHOLD)
     dummy = None
-    if grad is None or hess is None or out_value is None:
+    if grad is None or hess is None:
         dummy = np.empty((0, k), dtype=z.dtype)
     has_ignore = ignore_index is not None
     ignore = np.int64(ignore_index) if has_ignore else np.int64(0)
@@ -387,5 +386,12 @@ def run(kind, params, target, z, w, class_weight, ignore_index, mode, scale, out
     values = out_value if write_values else np.empty(0, dtype=z.dtype)
     want_grad = grad is not None
     want_hess = mode == "grad_hess"
-    return fn(target, z, w, class_weight, params, has_ignore, ignore, scale, write_values, values,
-              want_grad, grad if want_grad else dummy, want_hess, hess if want_hess else dummy)
+    args = (target, z, w, class_weight, params, has_ignore, ignore, scale, write_values, values,
+            want_grad, grad if want_grad else dummy, want_hess, hess if want_hess else dummy)
+    per_chunk = max(1, ROW_CHUNK_ELEMENTS // max(k, 1))
+    results = map_chunks(_loop(kind), args, (n + per_chunk - 1) // per_chunk, n * k)
+    partial = results[0][0] if len(results) == 1 else np.concatenate([r[0] for r in results])
+    flags = 0
+    for r in results:
+        flags |= r[1]
+    return float(partial.sum()), flags

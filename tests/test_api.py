@@ -311,13 +311,15 @@ def test_threads():
         nl.set_num_threads(1)
         assert nl.get_num_threads() == 1
         rng = np.random.default_rng(0)
-        y, z = rng.random(300_000), rng.random(300_000)
-        one = nl.mse.value_and_grad(y, z)
-        nl.set_num_threads(default)
-        many = nl.mse.value_and_grad(y, z)
-        # the summation order does not depend on the thread count
-        assert one[0] == many[0]
-        np.testing.assert_array_equal(one[1], many[1])
+        y, z = rng.random(1_500_000), rng.random(1_500_000)  # above the threading threshold
+        labels, logits = rng.integers(0, 10, 150_000), rng.standard_normal((150_000, 10))
+        one = nl.mse.value_and_grad(y, z), nl.cce.value_and_grad(labels, logits, from_logits=True)
+        nl.set_num_threads(max(2, default))
+        many = nl.mse.value_and_grad(y, z), nl.cce.value_and_grad(labels, logits, from_logits=True)
+        # the summation order does not depend on the thread count: bit-identical results
+        for a, b in zip(one, many):
+            assert a[0] == b[0]
+            np.testing.assert_array_equal(a[1], b[1])
     finally:
         nl.set_num_threads(default)
     with pytest.raises(ValueError, match="positive integer"):

@@ -129,6 +129,30 @@ def run(size: int = 10_000_000, repeats: int = 7, dtype=np.float32, backends=Non
     return rows
 
 
+def markdown_report(rows, size: int, dtype: str, repeats: int, threads: int) -> str:
+    """The table as Markdown, with the machine and the date, for docs/performance.md."""
+    import datetime
+    import os
+    import platform
+
+    floor = {case: s for case, impl, s in rows if impl == "memory floor"}
+    lines = [
+        "# Performance",
+        "",
+        f"Measured {datetime.date.today().isoformat()} on {platform.machine()} "
+        f"({os.cpu_count()} CPUs, {threads} threads), Python {platform.python_version()}, "
+        f"NumPy {np.__version__}: `value_and_grad` on {size:,} {dtype} elements, "
+        f"median of {repeats} calls after a warm-up, all rows measured in one run "
+        "(regenerate with `numbaloss bench --output docs/performance.md`).",
+        "",
+        "| case | implementation | median | × memory floor |",
+        "|---|---|---:|---:|",
+    ]
+    for case, impl, seconds in rows:
+        lines.append(f"| {case} | {impl} | {seconds * 1e3:.2f} ms | {seconds / floor[case]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def format_table(rows) -> str:
     lines = [f"{'case':30s} {'implementation':20s} {'median':>10s} {'× floor':>8s}"]
     floor = {}

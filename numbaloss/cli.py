@@ -101,6 +101,11 @@ def bench(args) -> int:
     print(f"value_and_grad, {args.size:,} {args.dtype} elements, median of {args.repeats} "
           f"({_config.get_num_threads()} threads)")
     print(_bench.format_table(rows))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(_bench.markdown_report(rows, args.size, args.dtype, args.repeats,
+                                            _config.get_num_threads()))
+        print(f"written to {args.output}")
     return 0
 
 
@@ -118,6 +123,7 @@ def main(argv=None) -> int:
     p_bench.add_argument("--repeats", type=int, default=7)
     p_bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p_bench.add_argument("--backend", action="append", help="backend to time (repeatable)")
+    p_bench.add_argument("--output", help="also write the table as Markdown to this file")
     p_bench.set_defaults(run=bench)
     args = parser.parse_args(argv)
     try:

@@ -22,19 +22,26 @@ from ._config import (
 )
 from ._registry import (
     LOSSES,
+    arcface,
+    batch_hard_triplet,
     bce,
     binary_cross_entropy,
     categorical_cross_entropy,
     categorical_focal,
     cce,
+    cosface,
     cycle_consistency,
     focal,
     gan_discriminator,
     gan_generator,
     huber,
+    info_nce,
     lsgan_discriminator,
     lsgan_generator,
     mse,
+    nt_xent,
+    supcon,
+    triplet,
 )
 
 __version__ = "0.1.0"

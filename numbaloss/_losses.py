@@ -443,3 +443,106 @@ class SoftmaxLoss(Loss):
         arrays, params, module = self._prepare(args, kwargs, "none", sample_weight, backend)
         return self._evaluate(module, arrays, params, "sum", sample_weight, False, True, out,
                               want_hess=True)
+
+
+class PairwiseLoss(Loss):
+    """An embedding / contrastive loss computed over a batch (triplet, InfoNCE, NT-Xent,
+    ArcFace, SupCon, …): one per-sample loss per anchor row, gradients w.r.t. the
+    differentiable inputs.
+
+    ``validate(arrays, params)`` checks the shapes and returns the inputs as the
+    kernels take them (None stays None) plus the number of per-sample losses;
+    ``valid(arrays, n_losses)`` (optional) is the mask of anchors that count in a
+    mean (anchors without a positive are left out).  The backends implement
+    ``module.pairwise(name, inputs, params, coef, need_grad)``.
+    """
+
+    family = "pairwise"
+
+    def __init__(self, name, inputs, params, doc, *, differentiable, validate, example,
+                 has_sample_weight=False, valid=None, integer_inputs=(), optional_inputs=()):
+        super().__init__(name, inputs, params, doc, differentiable=differentiable, has_hessian=False,
+                         has_sample_weight=has_sample_weight, example=example)
+        self.validate = validate
+        self.valid = valid
+        self.integer_inputs = integer_inputs
+        self.optional_inputs = optional_inputs
+
+    def _prepare(self, args, kwargs, reduction, sample_weight, backend):
+        # optional trailing inputs (info_nce's negatives, supcon's labels) may come
+        # positionally or by keyword
+        args = list(args)
+        for index, name in enumerate(self.inputs):
+            if name in self.optional_inputs and name in kwargs:
+                if len(args) > index:
+                    raise TypeError(f"{self.name}() got {name} twice")
+                args += [None] * (index - len(args)) + [kwargs.pop(name)]
+        while len(args) < len(self.inputs) and self.inputs[len(args)] in self.optional_inputs:
+            args.append(None)
+        return super()._prepare(tuple(args), kwargs, reduction, sample_weight, backend)
+
+    def _arrays(self, args):
+        if len(args) != len(self.inputs):
+            raise TypeError(
+                f"{self.name}() takes {len(self.inputs)} positional inputs "
+                f"({', '.join(self.inputs)}), got {len(args)}"
+            )
+        return [None if a is None and name in self.optional_inputs else v.as_array(name, a)
+                for name, a in zip(self.inputs, args)]
+
+    def _evaluate(self, module, arrays, params, reduction, sample_weight, want_value, want_grad, out):
+        for name, a in zip(self.inputs, arrays):
+            if name in self.integer_inputs and a is not None and a.dtype.kind not in "iu":
+                raise TypeError(f"{name} must be integers, got dtype {a.dtype}")
+        floats = [a for name, a in zip(self.inputs, arrays)
+                  if a is not None and name not in self.integer_inputs]
+        dtype = v.compute_dtype(*floats)
+        result_dtype = v.result_dtype(*floats)
+        inputs, n_losses = self.validate(arrays, params)
+        inputs = [None if a is None else
+                  np.ascontiguousarray(a if name in self.integer_inputs else a.astype(dtype, copy=False))
+                  for name, a in zip(self.inputs, inputs)]
+        weights = None
+        if sample_weight is not None:
+            weights = v.sample_weights(sample_weight, n_losses, self.inputs[0])
+        coef = np.ones(n_losses) if weights is None else weights.copy()
+        valid = self.valid(inputs, n_losses) if self.valid is not None else None
+        if valid is not None:
+            coef[~valid] = 0.0
+        if reduction == "mean":
+            denominator = float(coef.sum()) if (weights is not None or valid is not None) else float(n_losses)
+            if valid is not None and not valid.any():
+                scale = 0.0  # no anchor counts: the loss is 0 with a zero gradient
+            else:
+                scale = _mean_scale(1.0, denominator)
+            coef = coef * scale
+        differentiable = [i for i in self.differentiable if arrays[i] is not None]
+        outs = v.out_buffers(out, len(differentiable))
+        if want_grad:
+            for index, buf in zip(differentiable, outs):
+                if buf is not None:
+                    v.out_buffer(f"out (gradient of {self.inputs[index]})", buf, arrays[index].shape,
+                                 result_dtype)
+        kernel_params = {k: params[k] for k in params}
+        losses, grads = module.pairwise(self.name, inputs, kernel_params, coef, want_grad)
+        value = None
+        if want_value:
+            if reduction == "none":
+                per_sample = losses * (weights if weights is not None else 1.0)
+                value = np.asarray(per_sample, dtype=result_dtype)
+            elif valid is not None and reduction == "mean" and not valid.any():
+                value = np.float64(0.0)
+            else:
+                value = np.float64(np.dot(coef, losses.astype(np.float64)))
+        results = None
+        if want_grad:
+            results = []
+            for index, g, buf in zip(differentiable, grads, outs):
+                g = g.reshape(arrays[index].shape)
+                if buf is not None:
+                    buf[...] = g
+                    results.append(buf)
+                else:
+                    results.append(np.asarray(g, dtype=result_dtype))
+            results = tuple(results)
+        return value, results

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ._validation import BAD_LABEL, BAD_PREDICTION, BAD_TARGET
-from .reference import categorical, pointwise
+from .reference import categorical, embedding, pointwise
 
 name = "numpy"
 
@@ -95,3 +95,10 @@ def softmax_rows(kind, params, y, z, w, class_weight, ignore_index, mode, scale,
         if mode == "grad_hess":
             hess[...] = row_scale * second
     return total, flags
+
+
+def pairwise(name, inputs, params, coef, need_grad):
+    """(per-sample losses, gradients of Σ coefᵢ·lossᵢ) of an embedding loss; see
+    ``numbaloss.reference.embedding``."""
+    with np.errstate(all="ignore"):
+        return getattr(embedding, name)(*inputs, **params, coef=coef, need_grad=need_grad)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation as v
-from ._losses import ANY, UNIT, Param, PointwiseLoss, SoftmaxLoss, Term, TwoTermLoss
+from ._losses import ANY, UNIT, PairwiseLoss, Param, PointwiseLoss, SoftmaxLoss, Term, TwoTermLoss
 
 # ------------------------------------------------------------------ parameter checks
 
@@ -257,6 +257,226 @@ gan_generator = PointwiseLoss(
     factor=0.5, has_hessian=False, example=_example("unit"),
 )
 
+# ----------------------------------------------------- embedding / contrastive
+
+
+def _matrix(name, a):
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, D), got shape {a.shape}")
+    return a
+
+
+def _labels_for(name, labels, n, n_classes=None):
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), one label per row, got shape {labels.shape}")
+    if n_classes is not None and labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        bad = labels[(labels < 0) | (labels >= n_classes)]
+        raise ValueError(
+            f"{name} must lie in [0, {n_classes}) (classes from weight's first axis); "
+            f"found {bad.size} outside, e.g. {bad[0]}"
+        )
+    return labels
+
+
+def _validate_triplet(arrays, p):
+    anchor, positive, negative = (_matrix(n, a) for n, a in zip(("anchor", "positive", "negative"), arrays))
+    v.check_same_shape("anchor", anchor, "positive", positive)
+    v.check_same_shape("anchor", anchor, "negative", negative)
+    if p["squared"] and p["p"] != 2.0:
+        raise ValueError(f"squared=True needs p=2 (the squared Euclidean distance), got p={p['p']}")
+    return arrays, anchor.shape[0]
+
+
+def _example_embeddings(count):
+    return lambda rng, shape, dtype: tuple(rng.standard_normal(shape).astype(dtype) for _ in range(count))
+
+
+triplet = PairwiseLoss(
+    "triplet", ("anchor", "positive", "negative"),
+    (Param("margin", 1.0, v.non_negative), Param("p", 2.0, v.positive), Param("eps", 1e-6, v.non_negative),
+     Param("swap", False, v.boolean), Param("squared", False, v.boolean)),
+    """Triplet margin loss (Schroff et al. 2015), PyTorch ``triplet_margin_loss``.
+
+    lᵢ = max(d(aᵢ, pᵢ) − d(aᵢ, nᵢ) + margin, 0), d(u, v) = ‖u − v + eps‖_p over the
+    last axis; ``swap`` uses min(d(a, n), d(p, n)) (Balntas et al. 2016);
+    ``squared`` uses ‖u − v + eps‖₂² (FaceNet, p = 2 only).  Inputs (N, D);
+    gradients w.r.t. (anchor, positive, negative).
+    """,
+    differentiable=(0, 1, 2), validate=_validate_triplet, example=_example_embeddings(3),
+    has_sample_weight=True,
+)
+
+
+def _validate_batch_hard(arrays, p):
+    embeddings, labels = arrays
+    _matrix("embeddings", embeddings)
+    _labels_for("labels", labels, embeddings.shape[0])
+    return arrays, embeddings.shape[0]
+
+
+def _batch_hard_valid(inputs, n):
+    from .reference.embedding import batch_hard_valid_anchors
+
+    return batch_hard_valid_anchors(inputs[1])
+
+
+batch_hard_triplet = PairwiseLoss(
+    "batch_hard_triplet", ("embeddings", "labels"),
+    (Param("margin", 1.0, v.non_negative), Param("squared", False, v.boolean)),
+    """Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet Loss").
+
+    For each anchor, its farthest positive and nearest negative in the batch
+    (Euclidean, or squared with ``squared``): lᵢ = max(d⁺ᵢ − d⁻ᵢ + margin, 0).  Anchors
+    without a positive or a negative contribute 0 and are left out of the mean.
+    """,
+    differentiable=(0,), validate=_validate_batch_hard, valid=_batch_hard_valid,
+    integer_inputs=("labels",),
+    example=lambda rng, shape, dtype: (rng.standard_normal(shape).astype(dtype),
+                                       rng.integers(0, max(1, shape[0] // 3), shape[0])),
+)
+
+
+def _similarity(name, value):
+    if value not in ("cosine", "dot"):
+        raise ValueError(f"{name} must be 'cosine' or 'dot', got {value!r}")
+    return value
+
+
+def _validate_info_nce(arrays, p):
+    anchor, positive, negatives = arrays
+    _matrix("anchor", anchor)
+    v.check_same_shape("anchor", anchor, "positive", positive)
+    if negatives is not None:
+        if negatives.ndim == 2:
+            if negatives.shape[1] != anchor.shape[1]:
+                raise ValueError(f"negatives (M, D) must have D={anchor.shape[1]} like anchor, "
+                                 f"got shape {negatives.shape}")
+        elif negatives.ndim == 3:
+            if negatives.shape[0] != anchor.shape[0] or negatives.shape[2] != anchor.shape[1]:
+                raise ValueError(f"negatives (N, M, D) must have N={anchor.shape[0]} and "
+                                 f"D={anchor.shape[1]}, got shape {negatives.shape}")
+        else:
+            raise ValueError(f"negatives must be (M, D) or (N, M, D), got shape {negatives.shape}")
+    return arrays, anchor.shape[0]
+
+
+info_nce = PairwiseLoss(
+    "info_nce", ("anchor", "positive", "negatives"),
+    (Param("temperature", 0.1, v.positive), Param("similarity", "cosine", _similarity)),
+    """InfoNCE (van den Oord et al. 2018), as the ``info-nce-pytorch`` package.
+
+    lᵢ = −log(e^{s(aᵢ,pᵢ)/τ} / (e^{s(aᵢ,pᵢ)/τ} + Σₖ e^{s(aᵢ,nₖ)/τ})).  ``negatives=None``:
+    the other rows of ``positive`` (logits A·Pᵀ/τ, target i for row i); (M, D): shared
+    by all anchors; (N, M, D): per anchor.  ``similarity``: "cosine" (rows
+    L2-normalised) or "dot".  Gradients w.r.t. (anchor, positive[, negatives]).
+    """,
+    differentiable=(0, 1, 2), validate=_validate_info_nce, optional_inputs=("negatives",),
+    example=lambda rng, shape, dtype: tuple(rng.standard_normal(shape).astype(dtype) for _ in range(2)),
+)
+
+
+def _validate_nt_xent(arrays, p):
+    z_i, z_j = arrays
+    _matrix("z_i", z_i)
+    v.check_same_shape("z_i", z_i, "z_j", z_j)
+    return arrays, 2 * z_i.shape[0]
+
+
+nt_xent = PairwiseLoss(
+    "nt_xent", ("z_i", "z_j"), (Param("temperature", 0.5, v.positive),),
+    """NT-Xent, the SimCLR loss (Chen et al. 2020).
+
+    z = concat(z_i, z_j) (2N rows), L2-normalised; for each row the positive is its
+    pair and the denominator runs over the 2N − 1 other rows; mean over 2N.
+    Gradients w.r.t. (z_i, z_j).  ``reduction="none"`` gives the 2N row losses.
+    """,
+    differentiable=(0, 1), validate=_validate_nt_xent, example=_example_embeddings(2),
+)
+
+
+def _validate_margin_softmax(arrays, p):
+    embeddings, labels, weight = arrays
+    _matrix("embeddings", embeddings)
+    _matrix("weight", weight)
+    if weight.shape[1] != embeddings.shape[1]:
+        raise ValueError(f"weight (C, D) must have D={embeddings.shape[1]} like embeddings, "
+                         f"got shape {weight.shape}")
+    _labels_for("labels", labels, embeddings.shape[0], weight.shape[0])
+    return arrays, embeddings.shape[0]
+
+
+def _example_margin_softmax(rng, shape, dtype):
+    n, d = shape
+    classes = max(2, n // 2)
+    return (rng.standard_normal((n, d)).astype(dtype), rng.integers(0, classes, n),
+            rng.standard_normal((classes, d)).astype(dtype))
+
+
+arcface = PairwiseLoss(
+    "arcface", ("embeddings", "labels", "weight"),
+    (Param("s", 64.0, v.positive), Param("m", 0.5, v.non_negative), Param("easy_margin", False, v.boolean)),
+    """ArcFace (Deng et al. 2019), the InsightFace formulation.
+
+    cos θ = normalise(x)·normalise(W)ᵀ (W is (C, D)); the target logit is cos(θ + m),
+    falling back to cos θ − m·sin m when cos θ ≤ cos(π − m) (``easy_margin``: cos θ
+    when cos θ ≤ 0); cross-entropy over s·logits.  sin θ = √max(1 − cos²θ, 0), the
+    gradient clamps sin θ ≥ 1e-7.  Gradients w.r.t. (embeddings, weight).
+    """,
+    differentiable=(0, 2), validate=_validate_margin_softmax, integer_inputs=("labels",),
+    example=_example_margin_softmax, has_sample_weight=True,
+)
+
+cosface = PairwiseLoss(
+    "cosface", ("embeddings", "labels", "weight"),
+    (Param("s", 64.0, v.positive), Param("m", 0.4, v.non_negative)),
+    """CosFace / large-margin cosine loss (Wang et al. 2018): as ArcFace with the target
+    logit cos θ − m.  Gradients w.r.t. (embeddings, weight).
+    """,
+    differentiable=(0, 2), validate=_validate_margin_softmax, integer_inputs=("labels",),
+    example=_example_margin_softmax, has_sample_weight=True,
+)
+
+
+def _validate_supcon(arrays, p):
+    features, labels = arrays
+    if features.ndim not in (2, 3):
+        raise ValueError(f"features must be (N, D) or (N, V, D), got shape {features.shape}")
+    if labels is not None:
+        _labels_for("labels", labels, features.shape[0])
+    views = features.shape[1] if features.ndim == 3 else 1
+    return arrays, features.shape[0] * views
+
+
+def _supcon_valid(inputs, n):
+    from .reference.embedding import supcon_valid_anchors
+
+    features, labels = inputs
+    views = features.shape[1] if features.ndim == 3 else 1
+    return supcon_valid_anchors(labels, features.shape[0], views)
+
+
+def _optional_positive(name, value):
+    return None if value is None else v.positive(name, value)
+
+
+supcon = PairwiseLoss(
+    "supcon", ("features", "labels"),
+    (Param("temperature", 0.07, v.positive), Param("base_temperature", None, _optional_positive),
+     Param("normalize", True, v.boolean)),
+    """Supervised contrastive loss (Khosla et al. 2020), the authors' reference ("all").
+
+    features (N, V, D) or (N, D), rows view-major (v·N + i); P(i) = rows with the same
+    label except i (``labels=None``: the other views of the same sample), A(i) = all
+    rows except i: lᵢ = −(τ/τ_base)·(1/|P(i)|)·Σ_{p∈P(i)} log softmax_{A(i)}(zᵢ·z/τ)_p.
+    Anchors with no positive contribute 0 and are left out of the mean; with none at
+    all the loss is 0 with a zero gradient.  Gradient w.r.t. ``features``.
+    """,
+    differentiable=(0,), validate=_validate_supcon, valid=_supcon_valid, integer_inputs=("labels",),
+    optional_inputs=("labels",),
+    example=lambda rng, shape, dtype: (rng.standard_normal((shape[0], 2, shape[1])).astype(dtype),
+                                       rng.integers(0, max(1, shape[0] // 2), shape[0])),
+)
+
 bce = binary_cross_entropy
 cce = categorical_cross_entropy
 
@@ -266,6 +486,7 @@ LOSSES = {
     for loss in (
         mse, binary_cross_entropy, categorical_cross_entropy, huber, focal, categorical_focal,
         cycle_consistency, lsgan_discriminator, lsgan_generator, gan_discriminator, gan_generator,
+        triplet, batch_hard_triplet, info_nce, nt_xent, arcface, cosface, supcon,
     )
 }
 ALIASES = {"bce": "binary_cross_entropy", "cce": "categorical_cross_entropy"}

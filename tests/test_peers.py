@@ -37,7 +37,9 @@ def test_matches_peer(call, backend):
     # BCE-with-logits at |z| = 30 loses ulp(|z|) of absolute precision per element)
     tol = dict(rtol=1e-7, atol=1e-12)
     if "reference" in call["id"] and call["function"] == "supcon":
-        tol = dict(rtol=2e-6, atol=1e-9)  # the authors' code adds 1e-9 inside its log
+        # the authors' code adds 1e-9 inside its log: at τ = 0.07 that moves gradients by
+        # up to ~1e-6 (the "_exact" entries of the same inputs are held to 1e-7)
+        tol = dict(rtol=1e-5, atol=2e-6)
     if isinstance(expected, list):
         for got, key in zip(value, expected):
             np.testing.assert_allclose(got, DATA[key], **tol)

@@ -126,28 +126,34 @@ def use_backend(name: str):
         _scoped_backend.reset(token)
 
 
-def resolve(requested: str | None, arrays) -> object:
+def resolve(requested: str | None, arrays, kernels: str, loss_name: str) -> object:
     """The backend module for one call: the ``backend=`` argument, else the default.
 
-    ``auto`` takes cuda when an input exposes ``__cuda_array_interface__``, else the
-    first of numba, cython, numpy that loads.  A backend named explicitly never falls
-    back: it raises if it cannot run.
+    ``kernels`` names the family of loops the loss needs ("elementwise",
+    "softmax_rows", "pairwise").  ``auto`` takes cuda when an input exposes
+    ``__cuda_array_interface__``, else the first of numba, cython, numpy that loads
+    and has those loops.  A backend named explicitly never falls back: it raises if
+    it cannot run or has no loops for this loss.
     """
     name = _check_name(get_backend() if requested is None else requested)
     if name != "auto":
-        return load_backend(name)
+        module = load_backend(name)
+        if not hasattr(module, kernels):
+            raise BackendUnavailableError(f"backend {name!r} has no kernels for {loss_name}")
+        return module
     if any(hasattr(a, "__cuda_array_interface__") for a in arrays):
-        return load_backend("cuda")
+        return resolve("cuda", arrays, kernels, loss_name)
     for candidate in _AUTO_ORDER:
         module = _loaded.get(candidate)
-        if module is not None:
+        if module is None:
+            if candidate in _unavailable:
+                continue
+            try:
+                module = load_backend(candidate)
+            except BackendUnavailableError:
+                continue
+        if hasattr(module, kernels):
             return module
-        if candidate in _unavailable:
-            continue
-        try:
-            return load_backend(candidate)
-        except BackendUnavailableError:
-            continue
     raise BackendUnavailableError("no backend is available")  # numpy always loads
 
 

@@ -54,7 +54,7 @@ class Loss:
     """Base of the public loss objects (see the module docstring)."""
 
     family = "base"
-
+    kernels = ""  # the name of the backend function a family calls
     def __init__(self, name: str, inputs: tuple, params: tuple, doc: str, *,
                  differentiable: tuple, has_hessian: bool, has_sample_weight: bool,
                  example: Callable):
@@ -104,7 +104,7 @@ class Loss:
             raise TypeError(f"{self.name}() does not take sample_weight")
         arrays = self._arrays(args)
         params = self._params(kwargs)
-        return arrays, params, _config.resolve(backend, arrays)
+        return arrays, params, _config.resolve(backend, arrays, self.kernels, self.name)
 
     # ------------------------------------------------------------ public entry points
     def __call__(self, *args, reduction="mean", sample_weight=None, backend=None, **kwargs):
@@ -219,6 +219,7 @@ class PointwiseLoss(Loss):
     alone when the target is a constant (the GAN generators)."""
 
     family = "pointwise"
+    kernels = "elementwise"
 
     def __init__(self, name, inputs, params, doc, term: Callable[[dict], Term], *,
                  example: Callable, factor: float = 1.0, has_hessian: bool = True):
@@ -292,6 +293,7 @@ class TwoTermLoss(Loss):
     """
 
     family = "two_term"
+    kernels = "elementwise"
 
     def __init__(self, name, inputs, params, doc, terms: Callable[[dict], tuple], pairs: tuple, *,
                  example: Callable):
@@ -326,6 +328,7 @@ class SoftmaxLoss(Loss):
     """A softmax loss over the last axis of ``y_pred`` with integer-label or dense targets."""
 
     family = "softmax"
+    kernels = "softmax_rows"
 
     def __init__(self, name, params, doc, setup: Callable, *, example: Callable):
         super().__init__(name, ("y_true", "y_pred"), params, doc, differentiable=(1,),
@@ -458,6 +461,7 @@ class PairwiseLoss(Loss):
     """
 
     family = "pairwise"
+    kernels = "pairwise"
 
     def __init__(self, name, inputs, params, doc, *, differentiable, validate, example,
                  has_sample_weight=False, valid=None, integer_inputs=(), optional_inputs=()):
@@ -511,7 +515,9 @@ class PairwiseLoss(Loss):
             coef[~valid] = 0.0
         if reduction == "mean":
             denominator = float(coef.sum()) if (weights is not None or valid is not None) else float(n_losses)
-            if valid is not None and not valid.any():
+            if n_losses == 0:
+                scale = math.nan  # the mean of nothing
+            elif valid is not None and not valid.any():
                 scale = 0.0  # no anchor counts: the loss is 0 with a zero gradient
             else:
                 scale = _mean_scale(1.0, denominator)
@@ -530,6 +536,8 @@ class PairwiseLoss(Loss):
             if reduction == "none":
                 per_sample = losses * (weights if weights is not None else 1.0)
                 value = np.asarray(per_sample, dtype=result_dtype)
+            elif n_losses == 0:
+                value = np.float64(math.nan if reduction == "mean" else 0.0)
             elif valid is not None and reduction == "mean" and not valid.any():
                 value = np.float64(0.0)
             else:

@@ -332,7 +332,7 @@ batch_hard_triplet = PairwiseLoss(
     differentiable=(0,), validate=_validate_batch_hard, valid=_batch_hard_valid,
     integer_inputs=("labels",),
     example=lambda rng, shape, dtype: (rng.standard_normal(shape).astype(dtype),
-                                       rng.integers(0, max(1, shape[0] // 3), shape[0])),
+                                       rng.permutation(np.arange(shape[0]) % max(2, shape[0] // 3))),
 )
 
 

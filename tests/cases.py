@@ -12,6 +12,13 @@ import numbaloss as nl
 #: compiled backends to compare with the reference (the numpy backend *is* it)
 COMPILED = [b for b in nl.available_backends() if b not in ("numpy", "cuda")]
 BACKENDS = COMPILED + ["numpy"]
+
+
+def supports(backend: str, name: str) -> bool:
+    """Whether ``backend`` has kernels for loss ``name`` (a backend may lack a family)."""
+    from numbaloss import _config
+
+    return hasattr(_config.load_backend(backend), nl.LOSSES[name].kernels)
 DTYPES = [np.float32, np.float64]
 REDUCTIONS = ["mean", "sum", "none"]
 
@@ -43,9 +50,20 @@ VARIANTS = {
     "lsgan_generator": [{}, {"c": 0.5}],
     "gan_discriminator": [{}, {"from_logits": True}],
     "gan_generator": [{}, {"from_logits": True}],
+    "triplet": [{}, {"p": 1.0, "swap": True, "margin": 0.3}, {"squared": True, "margin": 0.0},
+                {"p": 3.0, "eps": 0.0}],
+    "batch_hard_triplet": [{}, {"squared": True, "margin": 0.5}],
+    "info_nce": [{}, {"similarity": "dot", "temperature": 0.5}, {"negatives": "shared"},
+                 {"negatives": "per_anchor", "temperature": 0.05}],
+    "nt_xent": [{}, {"temperature": 0.1}],
+    "arcface": [{}, {"easy_margin": True, "s": 30.0, "m": 0.3}],
+    "cosface": [{}, {"s": 30.0, "m": 0.2}],
+    "supcon": [{}, {"labels": None}, {"temperature": 0.5, "base_temperature": 0.07, "normalize": False},
+               {"two_d": True}],
 }
 
 SOFTMAX = {"categorical_cross_entropy", "categorical_focal"}
+PAIRWISE = {name for name, loss in nl.LOSSES.items() if loss.family == "pairwise"}
 
 
 def all_cases():
@@ -75,6 +93,15 @@ def make_case(name, params, rng, shape=(7, 5), dtype=np.float64, dense=False):
     if params.get("from_logits"):
         for i in loss.differentiable:
             inputs[i] = (3.0 * rng.standard_normal(shape)).astype(dtype)
+    if name == "info_nce" and "negatives" in kwargs:
+        mode = kwargs.pop("negatives")
+        d = shape[-1]
+        inputs.append(rng.standard_normal((5, d) if mode == "shared" else (shape[0], 4, d)).astype(dtype))
+    if name == "supcon":
+        if kwargs.pop("two_d", False):
+            inputs[0] = inputs[0][:, 0, :].copy()
+        if "labels" in kwargs and kwargs.pop("labels") is None:
+            inputs = inputs[:1]
     if name in SOFTMAX:
         if dense:
             soft = rng.random(shape)
@@ -88,3 +115,17 @@ def rows_of(inputs, name):
     """Number of rows (first axis) of the differentiated input."""
     loss = nl.LOSSES[name]
     return inputs[loss.differentiable[0]].shape[0]
+
+
+def grad_inputs(loss, inputs):
+    """Indices of the inputs that get a gradient in this call (info_nce's negatives
+    only when given)."""
+    return [i for i in loss.differentiable if i < len(inputs) and inputs[i] is not None]
+
+
+def require(backend: str, name: str) -> None:
+    """Skip the calling test where ``backend`` has no kernels for loss ``name``."""
+    import pytest
+
+    if not supports(backend, name):
+        pytest.skip(f"backend {backend} has no kernels for {name}")

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numbaloss as nl
-from cases import BACKENDS, SOFTMAX, all_cases, case_id, make_case
+from cases import BACKENDS, PAIRWISE, SOFTMAX, all_cases, case_id, grad_inputs, make_case, require, supports
 
 CASES = all_cases()
 
@@ -49,6 +49,7 @@ def test_dtype_rules(backend):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_views_readonly_and_inputs_untouched(case, backend):
     name, params = case
+    require(backend, name)
     loss = nl.LOSSES[name]
     rng = np.random.default_rng(1)
     inputs, kwargs = make_case(name, params, rng, shape=(8, 6))
@@ -73,11 +74,12 @@ def test_views_readonly_and_inputs_untouched(case, backend):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_out_buffers_are_filled_and_returned(case, backend):
     name, params = case
+    require(backend, name)
     loss = nl.LOSSES[name]
     rng = np.random.default_rng(2)
     inputs, kwargs = make_case(name, params, rng, shape=(5, 4), dtype=np.float32)
     expected = as_tuple(loss.grad(*inputs, backend=backend, **kwargs))
-    outs = tuple(np.full(inputs[i].shape, np.nan, dtype=np.float32) for i in loss.differentiable)
+    outs = tuple(np.full(inputs[i].shape, np.nan, dtype=np.float32) for i in grad_inputs(loss, inputs))
     got = loss.grad(*inputs, backend=backend, out=outs if len(outs) > 1 else outs[0], **kwargs)
     for g, o, e in zip(as_tuple(got), outs, expected):
         assert g is o
@@ -88,7 +90,7 @@ def test_out_buffers_are_filled_and_returned(case, backend):
         bad = np.empty((1, 1), dtype=np.float32)
         loss.grad(*inputs, backend=backend, out=bad if len(outs) == 1 else (bad,) * len(outs), **kwargs)
     with pytest.raises(ValueError, match="dtype"):
-        wrong = tuple(np.empty(inputs[i].shape, np.float64) for i in loss.differentiable)
+        wrong = tuple(np.empty(inputs[i].shape, np.float64) for i in grad_inputs(loss, inputs))
         loss.grad(*inputs, backend=backend, out=wrong if len(wrong) > 1 else wrong[0], **kwargs)
 
 
@@ -96,6 +98,7 @@ def test_out_buffers_are_filled_and_returned(case, backend):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_empty_input(case, backend):
     name, params = case
+    require(backend, name)
     loss = nl.LOSSES[name]
     rng = np.random.default_rng(3)
     inputs, kwargs = make_case(name, params, rng, shape=(0, 3))
@@ -103,7 +106,7 @@ def test_empty_input(case, backend):
     assert loss(*inputs, reduction="sum", backend=backend, **kwargs) == 0.0
     for part in as_tuple(loss(*inputs, reduction="none", backend=backend, **kwargs)):
         assert part.size == 0
-    for g, i in zip(as_tuple(loss.grad(*inputs, backend=backend, **kwargs)), loss.differentiable):
+    for g, i in zip(as_tuple(loss.grad(*inputs, backend=backend, **kwargs)), grad_inputs(loss, inputs)):
         assert g.shape == inputs[i].shape
 
 
@@ -111,6 +114,7 @@ def test_empty_input(case, backend):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_nan_propagates(case, backend):
     name, params = case
+    require(backend, name)
     loss = nl.LOSSES[name]
     rng = np.random.default_rng(4)
     inputs, kwargs = make_case(name, params, rng, shape=(4, 3))
@@ -120,7 +124,8 @@ def test_nan_propagates(case, backend):
     inputs[loss.differentiable[0]] = z
     value, grad = loss.value_and_grad(*inputs, backend=backend, **kwargs)
     assert np.isnan(value)
-    assert np.isnan(as_tuple(grad)[0][1, 1])
+    if name not in PAIRWISE:  # a hinge or a mining step may route around a NaN row
+        assert np.isnan(as_tuple(grad)[0][1, 1])
 
 
 # -------------------------------------------------------------------- extreme inputs
@@ -132,6 +137,7 @@ LOGIT_CASES = [c for c in CASES if c[1].get("from_logits")]
 @pytest.mark.parametrize("case", LOGIT_CASES, ids=case_id)
 def test_extreme_logits_stay_finite_and_correct(case, dtype, big, backend):
     name, params = case
+    require(backend, name)
     loss = nl.LOSSES[name]
     rng = np.random.default_rng(5)
     inputs, kwargs = make_case(name, params, rng, shape=(6, 4), dtype=dtype)
@@ -160,6 +166,7 @@ PROB_CASES = [c for c in CASES if "from_logits" in nl.LOSSES[c[0]].params and no
 @pytest.mark.parametrize("case", PROB_CASES, ids=case_id)
 def test_probabilities_at_zero_and_one(case, backend):
     name, params = case
+    require(backend, name)
     loss = nl.LOSSES[name]
     rng = np.random.default_rng(6)
     inputs, kwargs = make_case(name, params, rng, shape=(6, 4))
@@ -341,17 +348,24 @@ def test_random_shapes_match_reference(case, rows, cols, extra_axis, dtype, redu
     name, params = case
     loss = nl.LOSSES[name]
     rng = np.random.default_rng(seed)
-    shape = (rows, 2, cols) if extra_axis else (rows, cols)
+    shape = (rows, 2, cols) if extra_axis and name not in PAIRWISE else (rows, cols)
     inputs, kwargs = make_case(name, params, rng, shape=shape, dtype=dtype)
     weights = {}
     if loss.has_sample_weight and rows and not (extra_axis and name in SOFTMAX):
         weights["sample_weight"] = rng.uniform(0, 2, rows)
     for backend in BACKENDS:
+        if not supports(backend, name):
+            continue
         value, grad = loss.value_and_grad(*inputs, reduction=reduction, backend=backend, **weights, **kwargs)
         ref_value, ref_grad = loss.value_and_grad(*inputs, reduction=reduction, backend="numpy", **weights,
                                                   **kwargs)
-        tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=1e-6)
-        for a, b in zip(as_tuple(value), as_tuple(ref_value)):
-            np.testing.assert_allclose(a, b, **tol)
-        for a, b in zip(as_tuple(grad), as_tuple(ref_grad)):
+        for a, b in zip(as_tuple(value) + as_tuple(grad), as_tuple(ref_value) + as_tuple(ref_grad)):
+            tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=1e-6)
+            if name in PAIRWISE:
+                # matrix products: rounding relative to the largest entry; and at cos θ = ±1
+                # (D = 1) ArcFace's gradient goes through 1/max(sin θ, 1e-7), which scales
+                # the last bit of cos θ up to ~1e-8 absolute
+                scale = max(1.0, float(np.max(np.abs(b), initial=0.0)))
+                tol = dict(rtol=1e-9, atol=1e-7 * scale) if dtype == np.float64 else \
+                    dict(rtol=1e-4, atol=1e-5 * scale)
             np.testing.assert_allclose(a, b, **tol)

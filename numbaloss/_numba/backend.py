@@ -60,3 +60,11 @@ def softmax_rows(kind, params, y, z, w, class_weight, ignore_index, mode, scale,
     if w is None:
         w = _EMPTY_WEIGHTS
     return _softmax.run(kind, params, y, z, w, class_weight, ignore_index, mode, scale, out_value, grad, hess)
+
+
+def pairwise(name, inputs, params, coef, need_grad):
+    """(per-sample losses, gradients of Σ coefᵢ·lossᵢ) of an embedding loss; see
+    ``numbaloss._numba.pairwise``."""
+    from . import pairwise as _pairwise  # BLAS-backed kernels: compiled on first use
+
+    return getattr(_pairwise, name)(*inputs, **params, coef=coef, need_grad=need_grad)

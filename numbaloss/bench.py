@@ -135,7 +135,7 @@ def markdown_report(rows, size: int, dtype: str, repeats: int, threads: int) -> 
     import os
     import platform
 
-    floor = {case: s for case, impl, s in rows if impl == "memory floor"}
+    floor = {case: s for case, impl, s in rows if impl in ("memory floor", "matrix products")}
     lines = [
         "# Performance",
         "",
@@ -145,7 +145,7 @@ def markdown_report(rows, size: int, dtype: str, repeats: int, threads: int) -> 
         f"median of {repeats} calls after a warm-up, all rows measured in one run "
         "(regenerate with `numbaloss bench --output docs/performance.md`).",
         "",
-        "| case | implementation | median | × memory floor |",
+        "| case | implementation | median | × base (memory floor or matrix products) |",
         "|---|---|---:|---:|",
     ]
     for case, impl, seconds in rows:
@@ -153,11 +153,71 @@ def markdown_report(rows, size: int, dtype: str, repeats: int, threads: int) -> 
     return "\n".join(lines) + "\n"
 
 
+def _products_in_batch(a, b):
+    """The matrix products an in-batch contrastive loss needs: S = A·Bᵀ, S·B, Sᵀ·A."""
+    def run():
+        s = a @ b.T
+        return s @ b, s.T @ a
+    return run
+
+
+def _products_symmetric(z):
+    """Z·Zᵀ and its gradient product, as general products (not NumPy's syrk, slower here)."""
+    other = z.copy()
+
+    def run():
+        s = z @ other.T
+        return s @ z
+    return run
+
+
+#: (case label, loss name, params, inputs(rng, dtype), baseline label, baseline(inputs))
+PAIRWISE_CASES = [
+    ("info_nce N=4096 D=128", "info_nce", {}, lambda rng, dt: (
+        rng.standard_normal((4096, 128)).astype(dt), rng.standard_normal((4096, 128)).astype(dt)),
+     "matrix products", lambda x: _products_in_batch(x[0], x[1])),
+    ("nt_xent N=4096 D=128", "nt_xent", {}, lambda rng, dt: (
+        rng.standard_normal((2048, 128)).astype(dt), rng.standard_normal((2048, 128)).astype(dt)),
+     "matrix products", lambda x: _products_symmetric(np.concatenate(x))),
+    ("supcon N=4096 D=128", "supcon", {}, lambda rng, dt: (
+        rng.standard_normal((2048, 2, 128)).astype(dt), rng.integers(0, 100, 2048)),
+     "matrix products", lambda x: _products_symmetric(x[0].reshape(-1, 128))),
+    ("arcface N=8192 D=512 C=10000", "arcface", {}, lambda rng, dt: (
+        rng.standard_normal((8192, 512)).astype(dt), rng.integers(0, 10000, 8192),
+        rng.standard_normal((10000, 512)).astype(dt)),
+     "matrix products", lambda x: _products_in_batch(x[0], x[2])),
+    ("triplet 65536x128", "triplet", {}, lambda rng, dt: tuple(
+        rng.standard_normal((65536, 128)).astype(dt) for _ in range(3)),
+     "memory floor", lambda x: (lambda: [np.add(a, a, out=np.empty_like(a)) for a in x])),
+]
+
+
+def run_pairwise(repeats: int = 5, dtype=np.float32, backends=None, only=None, seed=0):
+    """Rows of (case, implementation, seconds): each embedding loss against the matrix
+    products it needs (or the memory floor), timed with the same BLAS in one run."""
+    rng = np.random.default_rng(seed)
+    if backends is None:
+        backends = [b for b in _config.available_backends() if b not in ("cuda", "numpy")]
+    rows = []
+    for label, name, params, make, base_label, baseline in PAIRWISE_CASES:
+        if only and name not in only:
+            continue
+        inputs = make(rng, dtype)
+        rows.append((label, base_label, median_seconds(baseline(inputs), repeats)))
+        for backend in backends:
+            if not hasattr(_config.load_backend(backend), "pairwise"):
+                continue
+            loss = LOSSES[name]
+            rows.append((label, backend, median_seconds(
+                lambda: loss.value_and_grad(*inputs, backend=backend, **params), repeats)))
+    return rows
+
+
 def format_table(rows) -> str:
-    lines = [f"{'case':30s} {'implementation':20s} {'median':>10s} {'× floor':>8s}"]
+    lines = [f"{'case':30s} {'implementation':20s} {'median':>10s} {'× base':>8s}"]
     floor = {}
     for case, impl, seconds in rows:
-        if impl == "memory floor":
+        if impl in ("memory floor", "matrix products"):
             floor[case] = seconds
         lines.append(f"{case:30s} {impl:20s} {seconds * 1e3:8.2f} ms {seconds / floor[case]:8.2f}")
     return "\n".join(lines)

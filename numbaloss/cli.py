@@ -98,6 +98,9 @@ def bench(args) -> int:
     backends = args.backend or None
     rows = _bench.run(size=args.size, repeats=args.repeats, dtype=np.dtype(args.dtype),
                       backends=backends, only=args.losses or None)
+    if not args.no_pairwise:
+        rows += _bench.run_pairwise(repeats=args.repeats, dtype=np.dtype(args.dtype), backends=backends,
+                                    only=args.losses or None)
     print(f"value_and_grad, {args.size:,} {args.dtype} elements, median of {args.repeats} "
           f"({_config.get_num_threads()} threads)")
     print(_bench.format_table(rows))
@@ -124,6 +127,8 @@ def main(argv=None) -> int:
     p_bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p_bench.add_argument("--backend", action="append", help="backend to time (repeatable)")
     p_bench.add_argument("--output", help="also write the table as Markdown to this file")
+    p_bench.add_argument("--no-pairwise", action="store_true",
+                         help="skip the embedding losses (large matrix products)")
     p_bench.set_defaults(run=bench)
     args = parser.parse_args(argv)
     try:

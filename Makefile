@@ -9,14 +9,18 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,cuda]"
 	touch $@
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/numbaloss demo
 
+# the CUDA kernels run under Numba's CUDA simulator in a process of their own (the
+# variable must be set before Numba is imported); on a GPU machine run tests/cuda
+# without it
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/cuda
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q tests/cuda
 
 clean:
 	rm -rf $(VENV) build *.egg-info

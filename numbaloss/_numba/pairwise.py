@@ -34,15 +34,20 @@ Design (DESIGN.md, "Pairwise losses")
   N = 65,536), S_R = A_R·Kᵀ, kernel, g̃A_R = G̃_R·K, g̃K += G̃_Rᵀ·A_R: 3 GEMMs, memory
   O(N·b).
 * NT-Xent and SupCon (Z·Zᵀ, symmetric) work on T×T tiles on and above the diagonal
-  (T = ``TILE`` = 1,024, grown to keep at most ``MAX_TILES`` = 32 tiles per axis, up
-  to √(BLOCK_BYTES/itemsize) = 4,096 in float32), in two passes.  Pass 1: each tile's logits give the rows of I their
-  online log-sum-exp row-wise and the rows of J theirs column-wise (half the
-  similarity GEMM).  Pass 2 recomputes the tile and writes H_IJ = A_IJ + A_JIᵀ with
-  A_rc = w_r·σ_rc (both exps from the one logit, l_rc = l_cr), then
-  g̃_I += H_IJ·Z_J and g̃_J += H_IJᵀ·Z_I.  That is 2 GEMM-equivalents and 2 exps per
-  entry against 3 GEMMs and 1 exp with full row blocks; measured at 2N = 8,192
-  rows (one thread, CPU time): 673 ms against 802 ms.  With n ≤ T there is a single
-  tile, kept from pass 1 (no recompute).  Memory O(T²) + O(N·D).
+  (T = √(BLOCK_BYTES/itemsize) = 4,096 in float32, see ``TILE``), in two passes.
+  Pass 1: each tile's logits give the rows of I their online log-sum-exp row-wise
+  and the rows of J theirs column-wise (half the similarity GEMM).  Pass 2 recomputes
+  the tile and writes H_IJ = A_IJ + A_JIᵀ with A_rc = w_r·σ_rc (both exps from the
+  one logit, l_rc = l_cr), then g̃_I += H_IJ·Z_J and g̃_J += H_IJᵀ·Z_I.  That is 2
+  GEMM-equivalents and 2 exps per entry against 3 GEMMs and 1 exp with full row
+  blocks.  Measured at 2N = 8,192 rows, D = 128, float32 against full row blocks
+  (same fused row kernel): one thread, CPU time, 691 ms (T = 1,024) / 851 ms
+  (T = 4,096) against 785 ms; two threads on this (busy) 2-core machine, 1.87 s
+  (T = 4,096) against 1.86 s, while T = 1,024 took 6.2 s there: each tile costs a
+  few BLAS calls and parallel regions, and their thread wake-ups are what a busy
+  machine punishes.  Hence the largest tile within BLOCK_BYTES by default.  With
+  n ≤ T there is a single tile, kept from pass 1 (no recompute); when that tile is
+  small the whole computation is one serial compiled call.  Memory O(T²) + O(N·D).
 * The positives of SupCon/NT-Xent never enter the O(N²) loops: with class sums
   C_k = Σ_{label k} inv·z and B_k = Σ_{label k} w·z/|P| (float64, O(N·D)), the
   positive logits' sum is rs_r·(z_r·C_k − inv_r‖z_r‖²) and the positives' share of
@@ -91,18 +96,21 @@ __all__ = [
 # settings (module level so that tests and benchmarks can change them)
 # ---------------------------------------------------------------------------
 
-#: largest similarity block of the row-block losses (bytes): sets the rows per block
+#: largest similarity block (bytes): the rows per block of InfoNCE, ArcFace/CosFace and
+#: batch-hard triplet, and the default tile of NT-Xent/SupCon
 BLOCK_BYTES = 64 << 20
 #: force the rows per block / the tile edge (None: derived from BLOCK_BYTES / TILE)
 BLOCK_ROWS = None
-#: smallest tile edge of the symmetric two-pass path (NT-Xent, SupCon): 4 MiB tiles in
-#: float32 (one thread, CPU time at 2N = 8,192: T = 512: 645 ms, 1024: 673, 2048: 742,
-#: 4096: 854).  Larger inputs get larger tiles, see MAX_TILES.
-TILE = 1024
-#: at most this many tiles along an axis (MAX_TILES·(MAX_TILES+1)/2 tile pairs per
-#: pass): each tile costs a few BLAS calls and parallel regions, whose thread wake-ups
-#: are what suffers most on a busy machine.  The edge stays ≤ √(BLOCK_BYTES/itemsize).
-MAX_TILES = 32
+#: tile edge of the symmetric two-pass path (NT-Xent, SupCon); None: the largest tile
+#: within BLOCK_BYTES, √(BLOCK_BYTES/itemsize) = 4,096 in float32, 2,896 in float64.
+#: Smaller tiles stay in cache (one thread, CPU time at 2N = 8,192, D = 128: T = 512:
+#: 675 ms, 1,024: 691, 2,048: 746, 4,096: 851) but multiply the BLAS calls and parallel
+#: regions, whose thread wake-ups are what suffers on a busy machine (two threads,
+#: load ~5: T = 512: 23.5 s, 1,024: 6.2 s, 2,048: 2.4 s, 4,096: 1.9 s).
+TILE = None
+#: NT-Xent / SupCon beyond one tile: True → the symmetric tiles on and above the
+#: diagonal; False → full row blocks (S_R = Z_R·Zᵀ, 3 GEMMs, 1 exp per entry)
+SYMMETRIC = True
 #: blocks with fewer entries than this run the serial kernels
 SERIAL_BELOW = 1 << 15
 
@@ -363,6 +371,46 @@ def _con_tile_grad(S, gi0, gj0, rs, cs, lse, wr, scaled):
             S[r, c] = wg * cs[h] * _fexp(lv - lg) + wr[h] * csg * _fexp(lv - lse[h])
         if gi0 == gj0:
             S[r, r] = zero
+
+
+@_Kernel
+def _con_rows(S, r0, rs, cs, wr, need_grad, mx, lse):
+    """Full rows of S = Z_R Zᵀ (raw; row r is global row r0 + r, column c global row c):
+    logits, the log-sum-exp over c ≠ g (into mx/lse) and, with ``need_grad``, the
+    softmax part of the coefficients A[r,c] = wr_g·cs_c·σ_gc in place (A[r,g] = 0)."""
+    nb, n = S.shape
+    neg_inf = S.dtype.type(-np.inf)
+    zero = S.dtype.type(0.0)
+    for r in prange(nb):
+        g = r0 + r
+        rsg = rs[g]
+        m = neg_inf
+        for c in range(g):
+            lv = S[r, c] * rsg * cs[c]
+            S[r, c] = lv
+            m = _fmax(m, lv)
+        for c in range(g + 1, n):
+            lv = S[r, c] * rsg * cs[c]
+            S[r, c] = lv
+            m = _fmax(m, lv)
+        S[r, g] = neg_inf
+        mx[g] = m
+        if m == neg_inf:            # a single row: nothing to normalise over
+            lse[g] = -np.inf
+            if need_grad:
+                for c in range(n):
+                    S[r, c] = zero
+            continue
+        s = 0.0
+        for c in range(n):
+            e = _fexp(S[r, c] - m)
+            S[r, c] = e
+            s = _radd(s, np.float64(e))
+        lse[g] = np.float64(m) + math.log(s)
+        if need_grad:
+            w = S.dtype.type(np.float64(wr[g]) / s)
+            for c in range(n):
+                S[r, c] = w * cs[c] * S[r, c]
 
 
 @njit(nogil=True, cache=True)
@@ -831,9 +879,10 @@ def _coef(coef, n):
     return np.ascontiguousarray(np.broadcast_to(np.asarray(coef, dtype=np.float64), (n,)))
 
 
-def _grad_buffers(out, shapes, dtype, zero=False):
+def _grad_buffers(out, shapes, dtype):
+    """The gradient arrays: new ones, or the caller's ``out`` buffers once checked."""
     if out is None:
-        return tuple((np.zeros if zero else np.empty)(s, dtype=dtype) for s in shapes)
+        return tuple(np.empty(s, dtype=dtype) for s in shapes)
     out = tuple(out)
     if len(out) != len(shapes):
         raise ValueError(f"out: expected {len(shapes)} buffers, got {len(out)}")
@@ -841,9 +890,23 @@ def _grad_buffers(out, shapes, dtype, zero=False):
         if buf.shape != tuple(s) or buf.dtype != dtype or not buf.flags.c_contiguous:
             raise ValueError(f"out: need C-contiguous {np.dtype(dtype).name} buffers of shape "
                              f"{tuple(s)}, got {buf.dtype.name} {buf.shape}")
-        if zero:
-            buf.fill(0)
     return out
+
+
+def _codes(labels):
+    """(int64 codes in [0, K), each sample's label count, K) — small non-negative
+    integer labels are their own codes (bincount), others go through np.unique."""
+    lab = np.asarray(labels).ravel()
+    if lab.size and lab.dtype.kind in "iu":
+        lo, hi = int(lab.min()), int(lab.max())
+        if lo >= 0 and hi < 4 * lab.size + 64:
+            codes = lab.astype(np.int64, copy=False)
+            counts = np.bincount(codes)
+            return codes, counts[codes], hi + 1
+    if lab.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    codes, count = _label_codes(lab)
+    return codes.astype(np.int64), count, int(codes.max()) + 1
 
 
 def _norms(x2d):
@@ -878,7 +941,8 @@ def _block_view(flat, rows, cols):
 def _matmul_t(a, b, out):
     """out = a @ b.T through the general product.  NumPy sends x @ x.T (same buffer,
     square result) to syrk, which was ~1.6-2.6× slower than gemm here."""
-    if a.shape[0] == b.shape[0] and a.ctypes.data == b.ctypes.data and a.size:
+    if (a.shape[0] == b.shape[0] and a.size
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]):
         b = b.copy()
     return np.matmul(a, b.T, out=out)
 
@@ -923,8 +987,7 @@ def batch_hard_triplet(embeddings, labels, *, margin=1.0, squared=False, coef=No
     X = embeddings
     n, dim = X.shape
     coef = _coef(coef, n)
-    lab, _ = _label_codes(labels) if n else (np.zeros(0, np.int64), None)
-    lab = lab.astype(np.int64)
+    lab = _codes(labels)[0]
     sq = np.empty(n)
     _sqnorms(_use_threads(X.size))(X, sq)
     hp = np.empty(n, np.int64)
@@ -975,9 +1038,11 @@ def info_nce(anchor, positive, negatives=None, *, temperature=0.1, similarity="c
         Q = negatives
         if need_grad:
             grads = _grad_buffers(out, [A.shape, P.shape, Q.shape], dt)
+            gA, gP, gQ = grads
         else:
             grads = None
-        gA, gP, gQ = grads if need_grad else (np.empty((0, 0), dt),) * 2 + (np.empty((0, 0, 0), dt),)
+            gA = gP = np.empty((0, 0), dt)
+            gQ = np.empty((0, 0, 0), dt)
         _nce_paired(_use_threads(Q.size))(A, P, Q, 1.0 / tau, cosine, coef, need_grad, losses,
                                           gA, gP, gQ)
         return losses, grads
@@ -1042,6 +1107,70 @@ def info_nce(anchor, positive, negatives=None, *, temperature=0.1, similarity="c
 
 # --- SupCon / NT-Xent -------------------------------------------------------
 
+# serial kernels as globals, for the compiled function below
+_sqnorms_serial = _sqnorms.serial
+_norm_backward_serial = _norm_backward.serial
+_pos_logit_sums_serial = _pos_logit_sums.serial
+_pos_grad_serial = _pos_grad.serial
+_con_tile_rows_serial = _con_tile_rows.serial
+_con_tile_grad_serial = _con_tile_grad.serial
+
+
+@njit(nogil=True, cache=True)
+def _contrastive_small(Z, lab, n_classes, npos, kappa, tau, coef, normalize, need_grad,
+                       losses, G):
+    """The whole single-tile computation in one serial compiled call (small N, where
+    the Python-level steps of _contrastive cost more than the arithmetic)."""
+    n, dim = Z.shape
+    dt = Z.dtype
+    sq = np.empty(n)
+    _sqnorms_serial(Z, sq)
+    norm = np.sqrt(sq)
+    inv = np.ones(n)
+    if normalize:
+        for r in range(n):
+            inv[r] = 1.0 / max(norm[r], NORM_EPS)
+    rs = np.empty(n, dt)
+    cs = np.empty(n, dt)
+    wr = np.empty(n, dt)
+    ipos = np.zeros(n)
+    wrip = np.zeros(n)
+    inv_tau = np.empty(n)
+    for r in range(n):
+        rs[r] = inv[r] / tau
+        cs[r] = inv[r]
+        inv_tau[r] = inv[r] / tau
+        w = 0.0
+        if npos[r] > 0:
+            ipos[r] = 1.0 / npos[r]
+            w = coef[r] * kappa / tau * inv[r]
+            wrip[r] = w * ipos[r]
+        wr[r] = w
+    C = np.zeros((n_classes, dim))
+    _class_sums(Z, lab, inv, C)
+    psum = np.empty(n)
+    _pos_logit_sums_serial(Z, lab, inv_tau, inv, sq, C, psum)
+    S = np.dot(Z, Z.T)
+    mx = np.full(n, -np.inf, dtype=dt)
+    ssum = np.zeros(n)
+    _con_tile_rows_serial(S, 0, 0, rs, cs, mx, ssum)
+    lse = np.empty(n)
+    lse_t = np.empty(n, dt)
+    for r in range(n):
+        lse[r] = np.float64(mx[r]) + math.log(ssum[r]) if ssum[r] > 0.0 else -np.inf
+        lse_t[r] = lse[r]
+        losses[r] = kappa * (lse[r] - psum[r] * ipos[r]) if npos[r] > 0 else 0.0
+    if not need_grad:
+        return
+    _con_tile_grad_serial(S, 0, 0, rs, cs, lse_t, wr, True)
+    np.dot(S, Z, G)
+    B = np.zeros((n_classes, dim))
+    _class_sums(Z, lab, wrip, B)
+    _pos_grad_serial(Z, lab, wrip, inv, C, B, G)
+    if normalize:
+        _norm_backward_serial(Z, G, inv, norm)
+
+
 def _contrastive(views, n_samples, lab, n_classes, npos, kappa, tau, coef, normalize,
                  gviews, block_rows):
     """Shared driver of SupCon and NT-Xent.
@@ -1063,9 +1192,38 @@ def _contrastive(views, n_samples, lab, n_classes, npos, kappa, tau, coef, norma
             for gv in gviews:
                 gv[...] = 0
         return losses
+
+    forced = BLOCK_ROWS if block_rows is None else block_rows
+    if forced is not None:
+        T = max(1, int(forced))
+    else:
+        T = TILE if TILE is not None else math.isqrt(BLOCK_BYTES // np.dtype(dt).itemsize)
+        T = max(1, int(T))
+    single = n <= T
+    # parts: (rows, their global slice, their gradient); one contiguous part when the
+    # whole problem is one tile (fewer calls for small N), else one part per view
+    if single:
+        Z = views[0] if n_views == 1 else np.concatenate(views, axis=0)
+        Z = np.ascontiguousarray(Z)
+        gZ = None
+        if need_grad:
+            gZ = gviews[0] if (n_views == 1 and gviews[0].flags.c_contiguous) else \
+                np.empty((n, dim), dt)
+        if not _use_threads(n * n):
+            _contrastive_small(Z, lab, n_classes, npos, kappa, tau, coef, normalize, need_grad,
+                               losses, gZ if need_grad else np.empty((0, 0), dt))
+            if need_grad and gZ is not gviews[0]:
+                for v, gv in enumerate(gviews):
+                    gv[...] = gZ[v * n_samples:(v + 1) * n_samples]
+            return losses
+        parts = [(Z, slice(0, n), gZ)]
+    else:
+        parts = [(views[v], slice(v * n_samples, (v + 1) * n_samples),
+                  gviews[v] if need_grad else None) for v in range(n_views)]
+
     sq = np.empty(n)
-    for v in range(n_views):
-        _sqnorms(_use_threads(views[v].size))(views[v], sq[v * n_samples:(v + 1) * n_samples])
+    for X, sl, _ in parts:
+        _sqnorms(_use_threads(X.size))(X, sq[sl])
     norm = np.sqrt(sq)
     inv = 1.0 / np.maximum(norm, NORM_EPS) if normalize else np.ones(n)
     rs = (inv / tau).astype(dt)
@@ -1073,32 +1231,58 @@ def _contrastive(views, n_samples, lab, n_classes, npos, kappa, tau, coef, norma
     ipos = np.where(valid, 1.0 / np.maximum(npos, 1), 0.0)
     w64 = np.where(valid, coef * kappa / tau * inv, 0.0)
     wr = w64.astype(dt)
-    row_views = [slice(v * n_samples, (v + 1) * n_samples) for v in range(n_views)]
 
     # the positives: Σ_{p∈P(r)} l_rp from the class sums C_k = Σ_{lab=k} inv·z
     C = np.zeros((n_classes, dim))
-    for v, sl in enumerate(row_views):
-        _class_sums(views[v], lab[sl], inv[sl], C)
+    for X, sl, _ in parts:
+        _class_sums(X, lab[sl], inv[sl], C)
     psum = np.empty(n)
-    for v, sl in enumerate(row_views):
-        _pos_logit_sums(_use_threads(views[v].size))(views[v], lab[sl], inv[sl] / tau,
-                                                     inv[sl], sq[sl], C, psum[sl])
+    for X, sl, _ in parts:
+        _pos_logit_sums(_use_threads(X.size))(X, lab[sl], inv[sl] / tau, inv[sl], sq[sl], C,
+                                              psum[sl])
 
-    # the log-sum-exp over A(r) and the softmax part of the gradient, by tiles
-    forced = BLOCK_ROWS if block_rows is None else block_rows
-    if forced is not None:
-        T = max(1, int(forced))
+    # the log-sum-exp over A(r) and the softmax part of the gradient
+    if single:
+        _contrastive_tiles([(Z, 0, n, 0)], n, dim, dt, n, True, rs, cs, wr, psum, ipos, valid,
+                           kappa, losses, gviews, gZ)
+    elif SYMMETRIC:
+        _contrastive_tiles(_blocks_of(views, n_samples, T), n, dim, dt, T, False, rs, cs, wr,
+                           psum, ipos, valid, kappa, losses, gviews, None)
     else:
-        t_max = math.isqrt(BLOCK_BYTES // np.dtype(dt).itemsize)
-        T = min(max(TILE, -(-n // MAX_TILES)), max(t_max, 1))
-    single = n <= T
-    if single:                   # one tile: all rows in one contiguous array
-        Z = views[0] if n_views == 1 else np.concatenate(views, axis=0)
-        blocks = [(Z, 0, n, 0)]
-        T = n
-    else:
-        blocks = [(views[v], i0, min(i0 + T, n_samples), v * n_samples + i0)
-                  for v in range(n_views) for i0 in range(0, n_samples, T)]
+        _contrastive_rows(views, n_samples, n, dim, dt, rs, cs, wr, psum, ipos, valid, kappa,
+                          losses, gviews, forced)
+    if not need_grad:
+        return losses
+    # the positives' part: −(w/|P|)·Σ_{p∈P(r)} inv_p z_p and its transpose
+    wrip = w64 * ipos
+    B = np.zeros((n_classes, dim))
+    for X, sl, _ in parts:
+        _class_sums(X, lab[sl], wrip[sl], B)
+    for X, sl, G in parts:
+        _pos_grad(_use_threads(X.size))(X, lab[sl], wrip[sl], inv[sl], C, B, G)
+        if normalize:
+            _project(X, G, inv[sl], norm[sl])
+    if single and gZ is not gviews[0]:
+        for v, gv in enumerate(gviews):
+            gv[...] = gZ[v * n_samples:(v + 1) * n_samples]
+    return losses
+
+
+def _blocks_of(views, n_samples, T):
+    """(view array, i0, i1, global row of i0) for row blocks of ≤ T rows of each view."""
+    return [(views[v], i0, min(i0 + T, n_samples), v * n_samples + i0)
+            for v in range(len(views)) for i0 in range(0, n_samples, T)]
+
+
+def _contrastive_tiles(blocks, n, dim, dt, T, single, rs, cs, wr, psum, ipos, valid, kappa,
+                       losses, gviews, gZ):
+    """The symmetric two-pass tile path (see the module docstring); fills ``losses``
+    and adds the softmax part of g̃ to ``gviews`` (or writes it to ``gZ`` when the
+    problem is a single tile)."""
+    need_grad = gviews is not None
+    n_samples = n // len(gviews) if need_grad else 0
+    if single:
+        Z = blocks[0][0]
     flat = np.empty(T * T, dt)
     mx = np.full(n, -np.inf, dtype=dt)
     ssum = np.zeros(n)
@@ -1118,14 +1302,13 @@ def _contrastive(views, n_samples, lab, n_classes, npos, kappa, tau, coef, norma
         lse = mx.astype(np.float64) + np.log(ssum)
         losses[:] = np.where(valid, kappa * (lse - psum * ipos), 0.0)
     if not need_grad:
-        return losses
+        return
 
     lse_t = lse.astype(dt)
     if single:
         S = _block_view(flat, n, n)           # still the logits of pass 1
         _con_tile_grad(par)(S, 0, 0, rs, cs, lse_t, wr, True)
-        for v, sl in enumerate(row_views):
-            np.matmul(S[sl], Z, out=gviews[v])
+        np.matmul(S, Z, out=gZ)
     else:
         for gv in gviews:
             gv[...] = 0
@@ -1145,19 +1328,39 @@ def _contrastive(views, n_samples, lab, n_classes, npos, kappa, tau, coef, norma
                     t = tmp[:j1 - j0]
                     np.matmul(S.T, XI, out=t)
                     gviews[gj // n_samples][j0:j1] += t
-    del flat
-    # the positives' part: −(w/|P|)·Σ_{p∈P(r)} inv_p z_p and its transpose
-    wrip = w64 * ipos
-    B = np.zeros((n_classes, dim))
-    for v, sl in enumerate(row_views):
-        _class_sums(views[v], lab[sl], wrip[sl], B)
-    for v, sl in enumerate(row_views):
-        _pos_grad(_use_threads(views[v].size))(views[v], lab[sl], wrip[sl], inv[sl], C, B,
-                                               gviews[v])
-    if normalize:
-        for v, sl in enumerate(row_views):
-            _project(views[v], gviews[v], inv[sl], norm[sl])
-    return losses
+
+
+def _contrastive_rows(views, n_samples, n, dim, dt, rs, cs, wr, psum, ipos, valid, kappa,
+                      losses, gviews, forced):
+    """Full row blocks: S_R = Z_R·Zᵀ, the row kernel, g̃_R += G̃_R·Z, g̃ += G̃_Rᵀ·Z_R.
+    Fills ``losses`` and writes the softmax part of g̃ into ``gviews``."""
+    need_grad = gviews is not None
+    Z = views[0] if len(views) == 1 else np.concatenate(views, axis=0)
+    Z = np.ascontiguousarray(Z)
+    b = _block_rows(n, n, np.dtype(dt).itemsize, forced)
+    flat = np.empty(b * n, dt)
+    mx = np.empty(n, dt)
+    lse = np.empty(n)
+    par = _use_threads(b * n)
+    if need_grad:
+        gZ = np.zeros((n, dim), dt)
+        tmp = np.empty((n, dim), dt)
+    for r0 in range(0, n, b):
+        r1 = min(r0 + b, n)
+        S = _block_view(flat, r1 - r0, n)
+        _matmul_t(Z[r0:r1], Z, S)
+        _con_rows(par)(S, r0, rs, cs, wr, need_grad, mx, lse)
+        if need_grad:
+            t = tmp[:r1 - r0]
+            np.matmul(S, Z, out=t)
+            gZ[r0:r1] += t
+            np.matmul(S.T, Z[r0:r1], out=tmp)
+            gZ += tmp
+    with np.errstate(invalid="ignore"):
+        losses[:] = np.where(valid, kappa * (lse - psum * ipos), 0.0)
+    if need_grad:
+        for v, gv in enumerate(gviews):
+            gv[...] = gZ[v * n_samples:(v + 1) * n_samples]
 
 
 def nt_xent(z_i, z_j, *, temperature=0.5, coef=None, need_grad=True, out=None,
@@ -1169,7 +1372,8 @@ def nt_xent(z_i, z_j, *, temperature=0.5, coef=None, need_grad=True, out=None,
     """
     n, dim = z_i.shape
     coef = _coef(coef, 2 * n)
-    lab = np.tile(np.arange(n, dtype=np.int64), 2)
+    codes = np.arange(n, dtype=np.int64)
+    lab = np.concatenate((codes, codes))
     npos = np.ones(2 * n, dtype=np.int64)
     grads = _grad_buffers(out, [z_i.shape, z_j.shape], z_i.dtype) if need_grad else None
     losses = _contrastive([z_i, z_j], n, lab, n, npos, 1.0, float(temperature), coef, True,
@@ -1190,15 +1394,14 @@ def supcon(features, labels=None, *, temperature=0.07, base_temperature=None,
     tau = float(temperature)
     tau_base = tau if base_temperature is None else float(base_temperature)
     coef = _coef(coef, n_samples * n_views)
-    if labels is None or n_samples == 0:
+    if labels is None:
         codes = np.arange(n_samples, dtype=np.int64)
         count = np.ones(n_samples, dtype=np.int64)
+        n_classes = n_samples
     else:
-        codes, count = _label_codes(labels)
-        codes = codes.astype(np.int64)
-    n_classes = int(codes.max()) + 1 if n_samples else 0
-    lab = np.tile(codes, n_views)
-    npos = np.tile(n_views * count - 1, n_views)
+        codes, count, n_classes = _codes(labels)
+    lab = np.concatenate((codes,) * n_views)
+    npos = np.concatenate((n_views * count - 1,) * n_views)
     views = [F3[:, v, :] for v in range(n_views)]
     if need_grad:
         (grad,) = _grad_buffers(out, [F.shape], F.dtype)

@@ -1,0 +1,224 @@
+"""The ``cython`` backend: the loops of ``numbaloss._numba`` compiled ahead of time by
+Cython (OpenMP ``prange``), for machines without Numba.
+
+The extensions live in ``numbaloss._cext`` and are built by ``setup.py`` from the
+top-level ``_cext/`` folder (``pip install -e .`` or ``python setup.py build_ext
+--inplace``).  This module has the contract of ``numbaloss._numba.backend`` for the
+elementwise and softmax losses: ``elementwise(...)`` and ``softmax_rows(...)`` with
+the same arguments and results, the same point functions and fast exp/log, and a
+chunked float64 summation (in a fixed order of its own), so the two backends agree
+to rounding.  It has no ``pairwise`` loops yet: ``numbaloss._config.resolve`` then
+sends the embedding losses of an ``auto`` call to the next backend (numpy where
+Numba is missing), and ``backend="cython"`` for them raises.  Their loops belong in
+``_cext/pairwise.pyx`` (setup.py builds it into ``numbaloss._cext.pairwise``) and a
+``pairwise(name, inputs, params, coef, need_grad)`` function here.
+
+What the compiled loops take as they are: float32/float64 predictions, targets of
+the predictions' dtype or bool/uint8 (0/1 targets, the common case of bce and
+focal), int64 labels, dense targets of the predictions' dtype.  Anything else is
+converted here first, exactly: float32 targets of float64 predictions to float64,
+other integer targets to float64 (both what the Numba loops widen them to on
+load), labels to int64.  That keeps the compiled specialisations to term × (4
+target/prediction pairs) instead of one per NumPy dtype pair, which the compile
+time of the extension (all point functions inlined in every loop) cannot afford.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+
+from . import _config
+from ._config import BackendUnavailableError
+
+name = "cython"
+
+#: the ``run`` call signature these wrappers were written for (see _cext/*.pyx)
+_API_VERSION = 1
+
+try:
+    from ._cext import elementwise as _elementwise
+    from ._cext import softmax as _softmax
+except ImportError as exc:  # not built (or built for another Python)
+    _elementwise = _softmax = None
+    _import_error = exc
+else:
+    _import_error = None
+
+
+#: the copies setup.py builds, widest first (see ISA_VARIANTS there)
+ISAS = ("avx512", "avx2", "baseline")
+
+
+def _isa_variant(module):
+    """The widest copy of ``module`` (see setup.py) that was built and that this CPU
+    runs.  NUMBALOSS_CYTHON_ISA=avx2 or baseline caps the choice (tests, benchmarks)."""
+    cap = os.environ.get("NUMBALOSS_CYTHON_ISA", "").strip().lower()
+    allowed = ISAS[ISAS.index(cap):] if cap in ISAS else ISAS
+    for isa in allowed:
+        if isa == "baseline":
+            return module
+        if not module.cpu_supports(isa):
+            continue
+        try:
+            return importlib.import_module(f"{module.__name__}_{isa}")
+        except ImportError:
+            continue
+    return module
+
+
+if _import_error is None:
+    _elementwise = _isa_variant(_elementwise)
+
+_threads: int | None = None
+_EMPTY_WEIGHTS = np.empty(0, dtype=np.float64)
+_INT64 = np.iinfo(np.int64)
+
+
+def check_available() -> None:
+    if _import_error is not None:
+        raise BackendUnavailableError(
+            "backend 'cython' is not available: the compiled extension numbaloss._cext was not "
+            "built (pip install -e . or python setup.py build_ext --inplace builds it; it needs a "
+            f"C compiler, Cython and NumPy): {_import_error}"
+        )
+    for module in (_elementwise, _softmax):
+        if getattr(module, "API_VERSION", None) != _API_VERSION:
+            raise BackendUnavailableError(
+                f"backend 'cython' is not available: the compiled extension {module.__name__} is "
+                "out of date with numbaloss._cython_backend; rebuild it (pip install -e . or "
+                "python setup.py build_ext --inplace)"
+            )
+
+
+def openmp() -> bool:
+    """Whether the extensions were compiled with OpenMP (else the loops are serial)."""
+    return bool(_elementwise is not None and _elementwise.OPENMP)
+
+
+def isa() -> str:
+    """Which copy of the elementwise loops runs: "avx512", "avx2" or "baseline"."""
+    name = _elementwise.__name__ if _elementwise is not None else ""
+    return next((isa for isa in ISAS[:-1] if name.endswith("_" + isa)), "baseline")
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the loops at or above the parallel threshold (numbaloss.set_num_threads)."""
+    global _threads
+    _threads = int(n)
+
+
+def _num_threads() -> int:
+    global _threads
+    if _threads is None:
+        # numbaloss.get_num_threads() (NUMBA_NUM_THREADS or the CPUs), within OpenMP's
+        # default (OMP_NUM_THREADS); fixed at the first call, as Numba fixes its own
+        _threads = max(1, min(_config.get_num_threads(), _elementwise.max_threads()))
+    return _threads
+
+
+def _flat_float(a: np.ndarray) -> np.ndarray:
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+#: integer targets that float32 holds exactly
+_SMALL_INTS = tuple(np.dtype(t) for t in (np.int8, np.int16, np.uint16))
+
+
+def _targets(y: np.ndarray, z: np.ndarray):
+    """Elementwise targets as a dtype the compiled loops read with ``z`` (see the module
+    docstring), or None when the pair must run in float64 (float64 or wide-integer
+    targets of float32 predictions)."""
+    if y is z:
+        return z
+    if y.dtype == np.bool_:
+        return np.ascontiguousarray(y).reshape(-1).view(np.uint8)
+    if y.dtype == np.uint8 or y.dtype == z.dtype:
+        return np.ascontiguousarray(y).reshape(-1)
+    if z.dtype == np.float64 or y.dtype in _SMALL_INTS:
+        # float32 targets of float64 predictions, integers: widened exactly, as the
+        # Numba loops widen them on load
+        return np.ascontiguousarray(y, dtype=z.dtype).reshape(-1)
+    return None
+
+
+def _widened(buf):
+    return None if buf is None else np.empty(buf.shape, dtype=np.float64)
+
+
+def elementwise(term, params, bounds, y, z, w, m, mode, scale, out_value, grad, hess):
+    """Run one elementwise loop over flat contiguous ``y``, ``z``; the contract of
+    ``numbaloss._numba.backend.elementwise``.
+
+    mode "sum": returns (Σ wᵢ·l, flags) and fills ``grad`` with scale·wᵢ·l′ if given;
+    "grad": fills ``grad``; "none": fills ``out_value`` with scale·wᵢ·l (and ``grad``);
+    "grad_hess": fills ``grad`` and ``hess`` with wᵢ·l′, wᵢ·l″.
+    Returns (total or 0.0, domain flags).
+    """
+    entry = _elementwise.TERMS.get(term)
+    if entry is None:
+        raise NotImplementedError(
+            f"the cython backend has no loop for the term {term!r}: add its point functions to "
+            "_cext/_points.pxd and the term to _cext/elementwise.pyx"
+        )
+    if mode == "sum":
+        loop = "value_sum" if grad is None else "value_sum_and_grad"
+    elif mode == "grad":
+        loop = "grad_only"
+    elif mode == "none":
+        loop = "value_none"
+    elif mode == "grad_hess":
+        loop = "grad_and_hess"
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    z = _flat_float(z)
+    y_loop = _targets(y, z)
+    out_value = out_value if loop == "value_none" else None
+    hess = hess if loop == "grad_and_hess" else None
+    buffers = (out_value, grad, hess)
+    if y_loop is None:
+        # float64 targets of float32 predictions: the loop runs on float64 copies,
+        # which computes the same numbers (every loop works in float64 and rounds
+        # once when it stores), and the results are rounded into the float32 buffers
+        z = z.astype(np.float64)
+        y_loop = np.ascontiguousarray(y, dtype=np.float64).reshape(-1)
+        buffers = tuple(_widened(b) for b in buffers)
+    if w is None:
+        w, m = _EMPTY_WEIGHTS, max(z.shape[0], 1)
+    total, flags = _elementwise.run(
+        entry[0], _elementwise.MODES[loop], y_loop, z, w, int(m), tuple(params), tuple(bounds),
+        float(scale), *buffers, _num_threads(),
+    )
+    for given, used in zip((out_value, grad, hess), buffers):
+        if given is not used:
+            given[...] = used
+    return (total if mode == "sum" else 0.0), flags
+
+
+def softmax_rows(kind, params, y, z, w, class_weight, ignore_index, mode, scale, out_value, grad, hess):
+    """Run one row-wise softmax loop; the contract of ``numbaloss._numba.backend.softmax_rows``
+    (kinds and row functions: ``numbaloss._numba.softmax``)."""
+    kind_id = _softmax.KINDS.get(kind)
+    if kind_id is None:
+        raise NotImplementedError(f"the cython backend has no softmax loop for {kind!r} (_cext/softmax.pyx)")
+    if z.dtype not in (np.float32, np.float64):
+        z = z.astype(np.float64)
+    z = np.ascontiguousarray(z)
+    if kind.endswith("_labels"):
+        y = np.ascontiguousarray(y, dtype=np.int64).reshape(-1)
+        if ignore_index is not None and not _INT64.min <= ignore_index <= _INT64.max:
+            ignore_index = None  # no int64 label can equal it
+    else:
+        y = np.ascontiguousarray(y, dtype=z.dtype)
+    class_weight = np.ascontiguousarray(class_weight, dtype=np.float64)
+    write_values = mode == "none"
+    return _softmax.run(
+        kind_id, tuple(params), y, z, w, class_weight, ignore_index, float(scale),
+        out_value if write_values else None, grad, hess if mode == "grad_hess" else None,
+        _num_threads(),
+    )
+

@@ -175,6 +175,18 @@ def test_numba_matches_reference(case_variant, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_contrastive_full_row_blocks(dtype, monkeypatch):
+    """NT-Xent / SupCon with SYMMETRIC = False (full row blocks instead of tiles)."""
+    monkeypatch.setattr(nb, "SYMMETRIC", False)
+    rng = np.random.default_rng(4)
+    for case in ("nt_xent", "supcon", "supcon_2d", "supcon_nolabels"):
+        for i, params in enumerate(CASES[case][3]):
+            inputs, _ = CASES[case][1](rng, 17, 5)
+            for rows in (1, 4, 9, None):
+                compare(case, params, inputs, dtype, rng, block_rows=rows)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_module_level_block_setting(dtype, monkeypatch):
     rng = np.random.default_rng(5)
     monkeypatch.setattr(nb, "BLOCK_ROWS", 6)
@@ -194,6 +206,9 @@ def test_default_blocks_at_larger_n(monkeypatch):
     for case in ("info_nce", "nt_xent", "supcon_2d", "batch_hard_triplet"):
         inputs, _ = CASES[case][1](rng, n, d)
         compare(case, CASES[case][3][0], inputs, np.float64, rng)
+    monkeypatch.setattr(nb, "SYMMETRIC", False)                  # row blocks of 150
+    inputs, _ = CASES["nt_xent"][1](rng, n, d)
+    compare("nt_xent", {}, inputs, np.float64, rng)
     x = rng.standard_normal((n, d))
     w = rng.standard_normal((700, d))
     compare("arcface", {}, [x, rng.integers(0, 700, n), w], np.float32, rng)

@@ -40,14 +40,22 @@ Design (DESIGN.md, "Pairwise losses")
   the tile and writes H_IJ = A_IJ + A_JIᵀ with A_rc = w_r·σ_rc (both exps from the
   one logit, l_rc = l_cr), then g̃_I += H_IJ·Z_J and g̃_J += H_IJᵀ·Z_I.  That is 2
   GEMM-equivalents and 2 exps per entry against 3 GEMMs and 1 exp with full row
-  blocks.  Measured at 2N = 8,192 rows, D = 128, float32 against full row blocks
-  (same fused row kernel): one thread, CPU time, 691 ms (T = 1,024) / 851 ms
-  (T = 4,096) against 785 ms; two threads on this (busy) 2-core machine, 1.87 s
-  (T = 4,096) against 1.86 s, while T = 1,024 took 6.2 s there: each tile costs a
-  few BLAS calls and parallel regions, and their thread wake-ups are what a busy
-  machine punishes.  Hence the largest tile within BLOCK_BYTES by default.  With
-  n ≤ T there is a single tile, kept from pass 1 (no recompute); when that tile is
-  small the whole computation is one serial compiled call.  Memory O(T²) + O(N·D).
+  blocks (``SYMMETRIC = False`` keeps that path).  Measured at N = 4,096 (2N = 8,192
+  rows), D = 128, float32, value and gradient:
+
+  ==========================  ==========  ==========  ==========  ==========
+  NT-Xent                     row blocks  T = 4,096   T = 2,048   T = 1,024
+  one thread, CPU time        833 ms      835 ms      751 ms      697 ms
+  two threads, busy machine   2.36 s      2.57 s      3.35 s      6.72 s
+  value only, two threads     1.39 s      1.02 s      1.31 s      2.53 s
+  ==========================  ==========  ==========  ==========  ==========
+
+  Small tiles save GEMM work and stay in cache, but each tile costs a few BLAS calls
+  and parallel regions whose thread wake-ups a busy 2-core machine punishes; the
+  default, the largest tile within BLOCK_BYTES, ties with row blocks for the
+  gradient and is faster for the value alone.  With n ≤ T there is a single tile,
+  kept from pass 1 (no recompute), and a small single tile runs as one serial
+  compiled call.  Memory O(T²) + O(N·D).
 * The positives of SupCon/NT-Xent never enter the O(N²) loops: with class sums
   C_k = Σ_{label k} inv·z and B_k = Σ_{label k} w·z/|P| (float64, O(N·D)), the
   positive logits' sum is rs_r·(z_r·C_k − inv_r‖z_r‖²) and the positives' share of
@@ -102,14 +110,12 @@ BLOCK_BYTES = 64 << 20
 #: force the rows per block / the tile edge (None: derived from BLOCK_BYTES / TILE)
 BLOCK_ROWS = None
 #: tile edge of the symmetric two-pass path (NT-Xent, SupCon); None: the largest tile
-#: within BLOCK_BYTES, √(BLOCK_BYTES/itemsize) = 4,096 in float32, 2,896 in float64.
-#: Smaller tiles stay in cache (one thread, CPU time at 2N = 8,192, D = 128: T = 512:
-#: 675 ms, 1,024: 691, 2,048: 746, 4,096: 851) but multiply the BLAS calls and parallel
-#: regions, whose thread wake-ups are what suffers on a busy machine (two threads,
-#: load ~5: T = 512: 23.5 s, 1,024: 6.2 s, 2,048: 2.4 s, 4,096: 1.9 s).
+#: within BLOCK_BYTES, √(BLOCK_BYTES/itemsize) = 4,096 in float32, 2,896 in float64
+#: (smaller tiles are faster on one thread or an idle machine: see the table above)
 TILE = None
 #: NT-Xent / SupCon beyond one tile: True → the symmetric tiles on and above the
-#: diagonal; False → full row blocks (S_R = Z_R·Zᵀ, 3 GEMMs, 1 exp per entry)
+#: diagonal; False → full row blocks of BLOCK_BYTES (S_R = Z_R·Zᵀ, 3 GEMMs, 1 exp per
+#: entry, g̃ accumulated in an N·V×D buffer)
 SYMMETRIC = True
 #: blocks with fewer entries than this run the serial kernels
 SERIAL_BELOW = 1 << 15

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test clean
 
-$(VENV)/.installed: pyproject.toml setup.py
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard _cext/*.pyx _cext/*.pxd)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,cuda]"

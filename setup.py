@@ -11,13 +11,19 @@ makes a missing OpenMP an error.
 
 Instruction sets: the extensions are compiled for the baseline of the platform
 (SSE2 on x86-64), so that a wheel runs everywhere.  The loops of the modules in
-``ISA_MODULES`` are vectorised, and two float64 lanes (SSE2) are too few to keep up
-with the Numba backend, which compiles for the CPU it runs on; on x86-64 with
-gcc/clang those modules are compiled a second time for AVX2 + FMA (CPUs from 2013
-on) as ``numbaloss._cext.<module>_avx2``, which ``numbaloss._cython_backend`` loads
-when the CPU has them.  Both copies
-compute the same bits (no FMA contraction, a fixed summation order).
-``NUMBALOSS_ISA_VARIANTS=0`` skips the second copy.
+``ISA_MODULES`` are vectorised, and SSE2 (two float64 lanes, no 64-bit shifts or
+blends) is far too little to keep up with the Numba backend, which compiles for
+the CPU it runs on (measured on one thread, AVX-512 CPU: bce from logits 3.9x the
+time of Numba with SSE2, 1.4x with AVX2, 1.0x with AVX-512).  On x86-64 with
+gcc/clang those modules are therefore compiled twice more, for AVX2 + FMA (CPUs
+from 2013 on) and for AVX-512 (F/CD/BW/DQ/VL), as
+``numbaloss._cext.<module>_avx2`` / ``_avx512``, and
+``numbaloss._cython_backend`` loads the widest copy the CPU runs.  There the
+baseline copy is a fallback for old CPUs and is compiled without the inlining
+flags below (half the build time).  The copies agree to rounding (the fast exp/log
+use fused multiply-adds where the instruction set has them, as the Numba version
+does; the summation order is fixed).  ``NUMBALOSS_ISA_VARIANTS=0`` builds the
+baseline module only (then vectorised as far as SSE2 goes).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 # cython: language_level=3, cdivision=True, boundscheck=False, wraparound=False
-"""What every loop module of ``_cext/`` shares: the chunk sizes and thresholds
-(the same numbers as the Numba loops, so the summation order and hence the results
-agree), the element types the loops read, and whether OpenMP was compiled in."""
+"""What every loop module of ``_cext/`` shares: the chunk sizes (the Numba loops'
+numbers) and the parallel threshold, the status bits, the element types the loops
+read, whether OpenMP was compiled in, and which instruction sets the CPU has."""
 
 from libc.stdint cimport int64_t, uint8_t
 
@@ -18,10 +18,9 @@ cdef enum:
     BAD_PREDICTION = 2
     BAD_LABEL = 4
 
-#: element types of elementwise targets read as they are: float32/float64, and bool /
-#: uint8 0/1 targets (a bool array is passed as its uint8 view).  Other integer
-#: targets are widened to float64 by numbaloss._cython_backend (exact, as the Numba
-#: loops widen them on load).
+#: element types of elementwise targets read as they are: float32/float64 (of the
+#: predictions' dtype), and bool / uint8 0/1 targets (a bool array is passed as its
+#: uint8 view).  numbaloss._cython_backend converts other targets exactly.
 ctypedef fused target_t:
     float
     double

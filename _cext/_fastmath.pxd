@@ -10,17 +10,19 @@ vector register, per element).  These functions are only arithmetic, bit
 reinterpretations (``memcpy`` between double and int64, which compiles to a
 register move) and selects, so GCC and clang vectorise the loops that inline them.
 
-Differences from the Numba version, none of which changes a result by more than
-the stated accuracy:
+Differences from the Numba version (none changes a result):
 
 - ``_fma(a, b, c)``, like ``llvm.fmuladd`` in the Numba version, is one fused
-  multiply-add where the code is compiled for a CPU with FMA (the AVX2 copies of
-  setup.py) and ``a * b + c`` elsewhere; fastmath.py notes that every use is
-  accurate with or without fusion.  Nothing else is fused: the extensions are
+  multiply-add where the code is compiled for a CPU with FMA (the AVX2 and AVX-512
+  copies of setup.py) and ``a * b + c`` elsewhere; fastmath.py notes that every use
+  is accurate with or without fusion.  Nothing else is fused: the extensions are
   compiled with ``-ffp-contract=off``, as LLVM does not fuse the Numba loops
   without fastmath flags.
 - Integer steps that may wrap for nan or negative inputs (whose results the final
   selects discard) are done in uint64 arithmetic, where wrapping is defined in C.
+- The two integer selects (log's subnormal exponent adjustment, log1p's
+  ``min(k, 1000)``) are made on float(k), exactly: SSE2 and AVX2 have no 64-bit
+  integer minimum or blend, and GCC vectorises nothing around them.
 """
 
 from libc.math cimport INFINITY, NAN, fabs

@@ -18,11 +18,11 @@ nan; ``_max`` / ``_min`` reproduce that (C's ``fmax`` would drop the nan).
 ``exp``, ``log`` and ``log1p`` are the branch-free ones of ``_fastmath.pxd`` (the
 mirror of ``numbaloss/_numba/fastmath.py``), as in points.py.  Where points.py picks
 one of two expressions by the data (``x if z >= 0 else y``, max, min, the Huber and
-focal branches), the mirror computes both and picks with ``_select``, a bit-mask
-select: the same numbers, no branch that ordinary data (random signs, 0/1 targets)
-would mispredict on every other element, and loops that the compiler vectorises.
-LLVM makes the same selects of the Numba code by itself; GCC keeps most ``?:`` of
-scalar code as branches.
+focal branches), the mirror computes both and picks with ``_select``: the same
+numbers, and the loops of elementwise.pyx vectorise (a branch on the data, or a
+function call, would keep them scalar).  The C helpers (``_select``, ``_max``,
+``_min``, ``_sign_or_nan``) have no counterpart in points.py, which writes them
+inline.
 
 Keep this file in step with points.py: a term changed there and not here makes the
 numba/cython parity tests (tests/test_cython.py) fail.

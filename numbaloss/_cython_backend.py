@@ -13,14 +13,21 @@ Numba is missing), and ``backend="cython"`` for them raises.  Their loops belong
 ``_cext/pairwise.pyx`` (setup.py builds it into ``numbaloss._cext.pairwise``) and a
 ``pairwise(name, inputs, params, coef, need_grad)`` function here.
 
-What the compiled loops take as they are: float32/float64 predictions, targets of
-the predictions' dtype or bool/uint8 (0/1 targets, the common case of bce and
-focal), int64 labels, dense targets of the predictions' dtype.  Anything else is
-converted here first, exactly: float32 targets of float64 predictions to float64,
-other integer targets to float64 (both what the Numba loops widen them to on
-load), labels to int64.  That keeps the compiled specialisations to term × (4
-target/prediction pairs) instead of one per NumPy dtype pair, which the compile
-time of the extension (all point functions inlined in every loop) cannot afford.
+Target dtypes: the Numba loops read targets of any dtype as they are; the compiled
+loops read targets of the predictions' dtype and bool/uint8 ones (0/1 targets, the
+common case of bce and focal) as they are, int64 labels and dense softmax targets
+of the predictions' dtype.  Everything else is converted here first, exactly:
+float32 targets of float64 predictions and integer targets to the predictions'
+dtype where it holds them exactly (int8, int16, uint16 for float32), labels to
+int64; wider integer targets of float32 predictions run the loop on float64 copies
+(the same numbers: the loops compute in float64 and round once when they store).
+That keeps the compiled specialisations to term × 4 (target, prediction) dtype
+pairs, which the compile time of the extensions (every point function inlined in
+every loop) needs.
+
+Instruction sets: setup.py builds the elementwise loops as a baseline module and,
+on x86-64, as AVX2 and AVX-512 copies; the widest copy the CPU runs is used (see
+``isa()``; ``NUMBALOSS_CYTHON_ISA=avx2`` or ``baseline`` caps the choice).
 """
 
 from __future__ import annotations
@@ -63,9 +70,11 @@ def _isa_variant(module):
         if not module.cpu_supports(isa):
             continue
         try:
-            return importlib.import_module(f"{module.__name__}_{isa}")
+            copy = importlib.import_module(f"{module.__name__}_{isa}")
         except ImportError:
             continue
+        if getattr(copy, "API_VERSION", None) == getattr(module, "API_VERSION", None):
+            return copy  # (a stale copy from an older build is passed over)
     return module
 
 

@@ -4,12 +4,16 @@ The extension modules here are built by ``setup.py`` from the top-level ``_cext/
 folder, one per loop shape, mirroring ``numbaloss._numba``:
 
 - ``elementwise`` (``_cext/elementwise.pyx``): the pointwise terms, over the point
-  functions of ``_cext/_points.pxd`` (the mirror of ``numbaloss/_numba/points.py``);
+  functions of ``_cext/_points.pxd`` (the mirror of ``numbaloss/_numba/points.py``)
+  and the fast exp/log of ``_cext/_fastmath.pxd`` (the mirror of
+  ``numbaloss/_numba/fastmath.py``); on x86-64 also ``elementwise_avx2`` and
+  ``elementwise_avx512``, the same source compiled for wider vectors;
 - ``softmax`` (``_cext/softmax.pyx``): the row-wise softmax kinds of
   ``numbaloss/_numba/softmax.py``.
 
 A new loop shape (the pairwise/embedding losses) is one more ``_cext/<shape>.pyx``
-(setup.py compiles every ``_cext/*.pyx`` into ``numbaloss._cext.<shape>``) and one
-more function in ``numbaloss._cython_backend``.  Nothing here is public API: the
-loss objects reach these modules through ``numbaloss._cython_backend``.
+(setup.py compiles every ``_cext/*.pyx`` into ``numbaloss._cext.<shape>``, and into
+copies per instruction set if it is listed in ``ISA_MODULES`` there) and one more
+function in ``numbaloss._cython_backend``.  Nothing here is public API: the loss
+objects reach these modules through ``numbaloss._cython_backend``.
 """

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test clean
+.PHONY: demo test bench-check clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard _cext/*.pyx _cext/*.pxd)
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests --ignore=tests/cuda
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q tests/cuda
+
+# one quick pass of the asv benchmarks (asv_benchmarks/, small inputs): fails when a
+# benchmark fails, so a broken benchmark fails CI
+bench-check: $(VENV)/.installed
+	$(PY) asv_benchmarks/quick_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -126,12 +126,13 @@ def use_backend(name: str):
         _scoped_backend.reset(token)
 
 
-def resolve(requested: str | None, arrays, kernels: str, loss_name: str) -> object:
+def resolve(requested: str | None, arrays, kernels: str, loss_name: str, on_device: bool | None = None) -> object:
     """The backend module for one call: the ``backend=`` argument, else the default.
 
     ``kernels`` names the family of loops the loss needs ("elementwise",
-    "softmax_rows", "pairwise").  ``auto`` takes cuda when an input exposes
-    ``__cuda_array_interface__``, else the first of numba, cython, numpy that loads
+    "softmax_rows", "pairwise").  ``auto`` takes cuda for device arrays
+    (``on_device``; when None, whether one of ``arrays`` is a device array,
+    ``_validation.is_device``), else the first of numba, cython, numpy that loads
     and has those loops.  A backend named explicitly never falls back: it raises if
     it cannot run or has no loops for this loss.
     """
@@ -141,7 +142,11 @@ def resolve(requested: str | None, arrays, kernels: str, loss_name: str) -> obje
         if not hasattr(module, kernels):
             raise BackendUnavailableError(f"backend {name!r} has no kernels for {loss_name}")
         return module
-    if any(hasattr(a, "__cuda_array_interface__") for a in arrays):
+    if on_device is None:
+        from ._validation import any_device
+
+        on_device = any_device(arrays)
+    if on_device:
         return resolve("cuda", arrays, kernels, loss_name)
     for candidate in _AUTO_ORDER:
         module = _loaded.get(candidate)

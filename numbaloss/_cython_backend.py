@@ -4,14 +4,12 @@ Cython (OpenMP ``prange``), for machines without Numba.
 The extensions live in ``numbaloss._cext`` and are built by ``setup.py`` from the
 top-level ``_cext/`` folder (``pip install -e .`` or ``python setup.py build_ext
 --inplace``).  This module has the contract of ``numbaloss._numba.backend`` for the
-elementwise and softmax losses: ``elementwise(...)`` and ``softmax_rows(...)`` with
-the same arguments and results, the same point functions and fast exp/log, and a
-chunked float64 summation (in a fixed order of its own), so the two backends agree
-to rounding.  It has no ``pairwise`` loops yet: ``numbaloss._config.resolve`` then
-sends the embedding losses of an ``auto`` call to the next backend (numpy where
-Numba is missing), and ``backend="cython"`` for them raises.  Their loops belong in
-``_cext/pairwise.pyx`` (setup.py builds it into ``numbaloss._cext.pairwise``) and a
-``pairwise(name, inputs, params, coef, need_grad)`` function here.
+elementwise, softmax and embedding losses: ``elementwise(...)``, ``softmax_rows(...)``
+and ``pairwise(...)`` with the same arguments and results, the same point functions
+and fast exp/log, and float64 sums (in a fixed order of their own), so the two
+backends agree to rounding.  The embedding losses (``_cext/pairwise.pyx``) take their
+similarity products from NumPy's BLAS on the row blocks of the Numba module; the
+compiled loops work on each block.
 
 Target dtypes: the Numba loops read targets of any dtype as they are; the compiled
 loops read targets of the predictions' dtype and bool/uint8 ones (0/1 targets, the
@@ -25,9 +23,10 @@ That keeps the compiled specialisations to term × 4 (target, prediction) dtype
 pairs, which the compile time of the extensions (every point function inlined in
 every loop) needs.
 
-Instruction sets: setup.py builds the elementwise loops as a baseline module and,
-on x86-64, as AVX2 and AVX-512 copies; the widest copy the CPU runs is used (see
-``isa()``; ``NUMBALOSS_CYTHON_ISA=avx2`` or ``baseline`` caps the choice).
+Instruction sets: setup.py builds the elementwise and the embedding-loss loops as
+baseline modules and, on x86-64, as AVX2 and AVX-512 copies; the widest copy the CPU
+runs is used (see ``isa()``; ``NUMBALOSS_CYTHON_ISA=avx2`` or ``baseline`` caps the
+choice).
 """
 
 from __future__ import annotations
@@ -45,11 +44,19 @@ name = "cython"
 #: the ``run`` call signature these wrappers were written for (see _cext/*.pyx)
 _API_VERSION = 1
 
+# OpenMP's default wait policy keeps idle team threads spinning after a parallel
+# region; on the 2-core machines measured here that spinning took the cores from the
+# caller's next call (mse at 10^7 float32: 4.5x the time of the numba backend with two
+# threads, 0.9x with passive waiting).  Only a default: a policy the user set is kept,
+# and it has no effect if OpenMP already started in this process.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 try:
     from ._cext import elementwise as _elementwise
+    from ._cext import pairwise as _pairwise
     from ._cext import softmax as _softmax
 except ImportError as exc:  # not built (or built for another Python)
-    _elementwise = _softmax = None
+    _elementwise = _pairwise = _softmax = None
     _import_error = exc
 else:
     _import_error = None
@@ -80,6 +87,7 @@ def _isa_variant(module):
 
 if _import_error is None:
     _elementwise = _isa_variant(_elementwise)
+    _pairwise = _isa_variant(_pairwise)
 
 _threads: int | None = None
 _EMPTY_WEIGHTS = np.empty(0, dtype=np.float64)
@@ -93,7 +101,7 @@ def check_available() -> None:
             "built (pip install -e . or python setup.py build_ext --inplace builds it; it needs a "
             f"C compiler, Cython and NumPy): {_import_error}"
         )
-    for module in (_elementwise, _softmax):
+    for module in (_elementwise, _softmax, _pairwise):
         if getattr(module, "API_VERSION", None) != _API_VERSION:
             raise BackendUnavailableError(
                 f"backend 'cython' is not available: the compiled extension {module.__name__} is "
@@ -231,3 +239,10 @@ def softmax_rows(kind, params, y, z, w, class_weight, ignore_index, mode, scale,
         _num_threads(),
     )
 
+
+def pairwise(name, inputs, params, coef, need_grad):
+    """(per-sample losses, gradients of Σ coefᵢ·lossᵢ) of an embedding loss; the
+    contract of ``numbaloss._numba.backend.pairwise`` (drivers and kernels:
+    ``_cext/pairwise.pyx``)."""
+    _pairwise.set_num_threads(_num_threads())
+    return getattr(_pairwise, name)(*inputs, **params, coef=coef, need_grad=need_grad)

@@ -8,6 +8,8 @@ oracle) and ``numbaloss._numba.points`` (the compiled point functions).
 
 from __future__ import annotations
 
+import difflib
+
 import numpy as np
 
 from . import _validation as v
@@ -34,12 +36,18 @@ def _optional_class_vector(name, value):
     return v.as_array(name, value)
 
 
+_INT64 = np.iinfo(np.int64)
+
+
 def _optional_int(name, value):
     if value is None:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer or None, got {value!r}")
-    return int(value)
+    value = int(value)
+    if not _INT64.min <= value <= _INT64.max:  # the loops compare it with int64 labels
+        raise ValueError(f"{name} must fit in int64 [{_INT64.min}, {_INT64.max}], got {value}")
+    return value
 
 
 # --------------------------------------------------------- example inputs per kind
@@ -266,9 +274,10 @@ def _matrix(name, a):
     return a
 
 
-def _labels_for(name, labels, n, n_classes=None):
+def _labels_for(name, labels, rows_name, n, n_classes=None):
     if labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},), one label per row, got shape {labels.shape}")
+        raise ValueError(f"{name} must have shape ({n},), one label per row of {rows_name}, "
+                         f"got shape {labels.shape}")
     if n_classes is not None and labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         bad = labels[(labels < 0) | (labels >= n_classes)]
         raise ValueError(
@@ -282,6 +291,9 @@ def _validate_triplet(arrays, p):
     anchor, positive, negative = (_matrix(n, a) for n, a in zip(("anchor", "positive", "negative"), arrays))
     v.check_same_shape("anchor", anchor, "positive", positive)
     v.check_same_shape("anchor", anchor, "negative", negative)
+    if anchor.shape[1] == 0:  # the distance loops need D ≥ 1
+        raise ValueError(f"anchor, positive and negative must have at least one feature (D ≥ 1), "
+                         f"got shape {anchor.shape}")
     if p["squared"] and p["p"] != 2.0:
         raise ValueError(f"squared=True needs p=2 (the squared Euclidean distance), got p={p['p']}")
     return arrays, anchor.shape[0]
@@ -310,7 +322,7 @@ triplet = PairwiseLoss(
 def _validate_batch_hard(arrays, p):
     embeddings, labels = arrays
     _matrix("embeddings", embeddings)
-    _labels_for("labels", labels, embeddings.shape[0])
+    _labels_for("labels", labels, "embeddings", embeddings.shape[0])
     return arrays, embeddings.shape[0]
 
 
@@ -401,7 +413,7 @@ def _validate_margin_softmax(arrays, p):
     if weight.shape[1] != embeddings.shape[1]:
         raise ValueError(f"weight (C, D) must have D={embeddings.shape[1]} like embeddings, "
                          f"got shape {weight.shape}")
-    _labels_for("labels", labels, embeddings.shape[0], weight.shape[0])
+    _labels_for("labels", labels, "embeddings", embeddings.shape[0], weight.shape[0])
     return arrays, embeddings.shape[0]
 
 
@@ -441,8 +453,10 @@ def _validate_supcon(arrays, p):
     features, labels = arrays
     if features.ndim not in (2, 3):
         raise ValueError(f"features must be (N, D) or (N, V, D), got shape {features.shape}")
+    if features.ndim == 3 and features.shape[1] == 0:  # the blocked loops need V ≥ 1
+        raise ValueError(f"features (N, V, D) must have at least one view (V ≥ 1), got shape {features.shape}")
     if labels is not None:
-        _labels_for("labels", labels, features.shape[0])
+        _labels_for("labels", labels, "features", features.shape[0])
     views = features.shape[1] if features.ndim == 3 else 1
     return arrays, features.shape[0] * views
 
@@ -490,3 +504,16 @@ LOSSES = {
     )
 }
 ALIASES = {"bce": "binary_cross_entropy", "cce": "categorical_cross_entropy"}
+
+
+def get_loss(loss):
+    """The loss object for a registered name or alias; a loss object is returned as is."""
+    if not isinstance(loss, str):
+        return loss
+    key = ALIASES.get(loss, loss)
+    if key in LOSSES:
+        return LOSSES[key]
+    close = difflib.get_close_matches(loss, list(LOSSES) + list(ALIASES), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown loss {loss!r}{hint} (the losses: {', '.join(LOSSES)}; "
+                     f"aliases: {', '.join(ALIASES)})")

@@ -37,13 +37,90 @@ def as_array(name: str, x) -> np.ndarray:
             raise TypeError(f"{name} must be an array, got None")
         if isinstance(x, (str, bytes, dict, set)):
             raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}")
-        try:
-            arr = np.asarray(x)
-        except (ValueError, TypeError) as exc:
-            raise TypeError(f"{name} could not be converted to a numeric array: {exc}") from None
+        if is_device(x):  # kept on the device: a numba view of the same memory
+            arr = _cuda().as_device_array(x, name)
+        else:
+            try:
+                arr = np.asarray(x)
+            except (ValueError, TypeError) as exc:
+                # NumPy's wording varies by version: it stays in the chained exception
+                raise TypeError(f"{name} could not be converted to a numeric array (numpy.asarray raised "
+                                f"{type(exc).__name__}, e.g. for a ragged nested list), got "
+                                f"{type(x).__name__}") from exc
     if arr.dtype.kind not in _NUMERIC_KINDS:
         raise TypeError(f"{name} must be a float, integer or bool array, got dtype {arr.dtype}")
     return arr
+
+
+# ------------------------------------------------------------------ device arrays
+# A device array (see ``is_device``) stays on the device: the helpers below take a
+# NumPy array or a device array and do the same thing where the array lives (the
+# device side is in ``numbaloss._cuda.backend``).  The host branch comes first and
+# is what the host path always took.
+
+
+def is_device(x) -> bool:
+    """Whether ``x`` is a CUDA device array: a numba device array (also the
+    simulator's, which wraps host memory), or an object exposing
+    ``__cuda_array_interface__`` and no ``__array_interface__`` (CuPy arrays,
+    PyTorch CUDA tensors)."""
+    if x is None or isinstance(x, np.ndarray):
+        return False
+    if getattr(type(x), "__cuda_ndarray__", False):
+        return True
+    return hasattr(x, "__cuda_array_interface__") and not hasattr(x, "__array_interface__")
+
+
+def any_device(arrays) -> bool:
+    """Whether any of ``arrays`` (None entries allowed) is a device array."""
+    return any(is_device(a) for a in arrays)
+
+
+def _cuda():
+    from . import _config
+
+    return _config.load_backend("cuda")
+
+
+def to_device(arr):
+    """``arr`` on the device: device arrays as they are, NumPy arrays copied over."""
+    return arr if arr is None or is_device(arr) else _cuda().to_device(arr)
+
+
+def to_host(arr) -> np.ndarray:
+    """A NumPy array of ``arr`` (device arrays copied back: error messages only)."""
+    return _cuda().to_host(arr) if is_device(arr) else np.asarray(arr)
+
+
+def contiguous(arr, dtype=None):
+    """A C-contiguous array of ``dtype`` with ``arr``'s values (``arr`` itself when it
+    already is one), where ``arr`` lives."""
+    if isinstance(arr, np.ndarray):
+        return np.ascontiguousarray(arr, dtype=dtype)
+    return _cuda().contiguous(arr, dtype)
+
+
+def empty(shape, dtype, on_device: bool):
+    """An uninitialised array, on the device when ``on_device``."""
+    return _cuda().empty(shape, dtype) if on_device else np.empty(shape, dtype=dtype)
+
+
+def total(arr) -> float:
+    """Σ arr as a Python float (summed on the device for a device array)."""
+    return float(arr.sum()) if isinstance(arr, np.ndarray) else _cuda().total(arr)
+
+
+def cast(arr, dtype):
+    """``arr`` converted to ``dtype`` (a new array), where ``arr`` lives."""
+    return arr.astype(dtype) if isinstance(arr, np.ndarray) else _cuda().contiguous(arr, dtype)
+
+
+def copy_into(target, src) -> None:
+    """target[...] = src with a dtype cast; either may be on the device."""
+    if isinstance(target, np.ndarray) and isinstance(src, np.ndarray):
+        target[...] = src
+    else:
+        _cuda().copy_into(target, src)
 
 
 def compute_dtype(*arrays: np.ndarray) -> np.dtype:
@@ -74,6 +151,8 @@ def result_dtype(*arrays: np.ndarray) -> np.dtype:
 def flat(arr: np.ndarray, dtype=None) -> np.ndarray:
     """A contiguous 1-D view of ``arr`` (a copy only when it is not contiguous
     or not of ``dtype``)."""
+    if not isinstance(arr, np.ndarray):
+        return _cuda().flat(arr, dtype)
     if dtype is not None and arr.dtype != dtype:
         arr = arr.astype(dtype)
     return np.ascontiguousarray(arr).reshape(-1)
@@ -100,7 +179,8 @@ def check_reduction(reduction) -> str:
 
 
 def sample_weights(sample_weight, n_rows: int, name_of_rows: str) -> np.ndarray | None:
-    """Validate ``sample_weight`` of shape (n_rows,); return float64 contiguous or None."""
+    """Validate ``sample_weight`` of shape (n_rows,); return float64 contiguous or None
+    (on the device for a device array)."""
     if sample_weight is None:
         return None
     w = as_array("sample_weight", sample_weight)
@@ -109,7 +189,7 @@ def sample_weights(sample_weight, n_rows: int, name_of_rows: str) -> np.ndarray 
             f"sample_weight must have shape ({n_rows},), one weight per row of "
             f"{name_of_rows}, got shape {w.shape}"
         )
-    return np.ascontiguousarray(w, dtype=np.float64)
+    return contiguous(w, np.float64)
 
 
 def scalar(name: str, value, *, low=None, low_open=False, high=None, high_open=False) -> float:
@@ -158,7 +238,8 @@ def class_vector(name: str, value, n_classes: int) -> np.ndarray:
     arr = as_array(name, value)
     if arr.ndim != 1 or arr.shape[0] != n_classes:
         raise ValueError(
-            f"{name} must have shape ({n_classes},), one value per class, got shape {arr.shape}"
+            f"{name} must have shape ({n_classes},), one value per class of y_pred's last axis, "
+            f"got shape {arr.shape}"
         )
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
@@ -167,17 +248,20 @@ def class_vector(name: str, value, n_classes: int) -> np.ndarray:
 
 
 def out_buffer(name: str, out, shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """Check a caller's gradient buffer: right shape and dtype, writeable, C-contiguous."""
+    """Check a caller's gradient buffer: right shape and dtype, writeable, C-contiguous
+    (a device buffer is checked on the device side and returned as a numba view)."""
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array, got {type(out).__name__}")
+        if is_device(out):
+            return _cuda().out_buffer(name, out, shape, dtype)
+        raise TypeError(f"{name} must be a NumPy or CUDA device array, got {type(out).__name__}")
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
     if out.dtype != dtype:
         raise ValueError(f"{name} must have dtype {dtype}, got {out.dtype}")
     if not out.flags.writeable:
-        raise ValueError(f"{name} must be writeable")
+        raise ValueError(f"{name} must be writeable, got a read-only array")
     if not out.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
+        raise ValueError(f"{name} must be C-contiguous, got strides {out.strides}")
     return out
 
 
@@ -190,17 +274,18 @@ def out_buffers(out, count: int) -> tuple:
             return out
         return (out,)
     if not isinstance(out, (tuple, list)) or len(out) != count:
-        raise ValueError(f"out must be a tuple of {count} arrays (one per gradient), got {out!r}")
+        got = f"{type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise ValueError(f"out must be a tuple of {count} arrays (one per gradient), got a {got}")
     return tuple(out)
 
 
 def _describe_out_of_range(arr: np.ndarray, low: float, high: float) -> str:
-    a = np.asarray(arr)
+    a = to_host(arr)
     with np.errstate(invalid="ignore"):
         bad = a[(a < low) | (a > high)]
     if bad.size == 0:
         return ""
-    return f"; found {bad.size} value(s) outside, e.g. {bad.reshape(-1)[0]!r}"
+    return f"; found {bad.size} value(s) outside, e.g. {bad.reshape(-1)[0].item()!r}"
 
 
 def raise_domain_error(flags: int, target_name, target, target_domain, pred_name, pred, pred_domain):
@@ -219,7 +304,7 @@ def raise_domain_error(flags: int, target_name, target, target_domain, pred_name
 
 
 def raise_label_error(labels: np.ndarray, n_classes: int, ignore_index) -> None:
-    lab = np.asarray(labels).reshape(-1)
+    lab = to_host(labels).reshape(-1)
     bad = (lab < 0) | (lab >= n_classes)
     if ignore_index is not None:
         bad &= lab != ignore_index

@@ -3,19 +3,25 @@
     numbaloss demo     every loss on every available backend, on built-in synthetic
                        data: value, agreement with the reference and with finite
                        differences, time per call
-    numbaloss bench    value+gradient per loss and backend against the hand-written
-                       NumPy version and the memory floor, measured in one run
+    numbaloss bench    value+gradient per loss and backend against the memory floor,
+                       the hand-written NumPy version, PyTorch and JAX where installed,
+                       measured in one run (numbaloss.bench)
+    numbaloss info     version, backends (and why one is not available), threads,
+                       the Numba cache folder (numbaloss._info)
+    numbaloss score    a loss over prediction files, streamed in chunks of rows
+                       (numbaloss._score, readers in numbaloss._io)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import numpy as np
 
-from . import _config
+from . import _config, _info, _score
 from ._registry import LOSSES
 
 
@@ -102,19 +108,31 @@ def bench(args) -> int:
     from . import bench as _bench
 
     backends = args.backend or None
-    rows = _bench.run(size=args.size, repeats=args.repeats, dtype=np.dtype(args.dtype),
-                      backends=backends, only=args.losses or None)
+    dtype = np.dtype(args.dtype)
+    only = args.losses or None
+    threads = _config.get_num_threads()
+    rows = []
+    if not only or "mse" in only:
+        rows += _bench.run_latency(dtype=dtype, backends=backends)
+    rows += _bench.run(size=args.size, repeats=args.repeats, dtype=dtype, backends=backends, only=only,
+                       peers=not args.no_peers)
     if not args.no_pairwise:
-        rows += _bench.run_pairwise(repeats=args.repeats, dtype=np.dtype(args.dtype), backends=backends,
-                                    only=args.losses or None)
-    print(f"value_and_grad, {args.size:,} {args.dtype} elements, median of {args.repeats} "
-          f"({_config.get_num_threads()} threads)")
+        rows += _bench.run_pairwise(repeats=args.repeats, dtype=dtype, backends=backends, only=only)
+    cold_start = None if args.no_cold_start else _bench.run_cold_start()
+    print(f"value_and_grad, {args.size:,} {args.dtype} elements, median of {args.repeats} ({threads} threads)")
     print(_bench.format_table(rows))
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(_bench.markdown_report(rows, args.size, args.dtype, args.repeats,
-                                            _config.get_num_threads()))
-        print(f"written to {args.output}")
+    for label, seconds in (cold_start or {}).items():
+        print(f"cold start: {label}: {seconds:.3f} s (target < {_bench.COLD_START_TARGETS[label]:g} s)")
+    if args.plot:
+        _bench.plot_ratios(rows, args.plot, f"numbaloss bench: {args.size:,} {args.dtype} elements, "
+                                             f"{threads} threads, medians of {args.repeats}")
+        print(f"chart written to {args.plot}")
+    if args.markdown:
+        folder = os.path.dirname(os.path.abspath(args.markdown))
+        link = os.path.relpath(os.path.abspath(args.plot), folder) if args.plot else None
+        _bench.write_markdown(args.markdown, _bench.markdown_report(
+            rows, args.size, args.dtype, args.repeats, threads, cold_start=cold_start, plot=link))
+        print(f"table written to {args.markdown}")
     return 0
 
 
@@ -126,13 +144,22 @@ def main(argv=None) -> int:
     p_demo.add_argument("--repeats", type=int, default=5)
     p_demo.add_argument("--seed", type=int, default=0)
     p_demo.set_defaults(run=demo)
-    p_bench = sub.add_parser("bench", help="time value+gradient against NumPy and the memory floor")
+    _info.add_parser(sub)
+    _score.add_parser(sub)
+    p_bench = sub.add_parser("bench", help="time value+gradient against the memory floor, NumPy, "
+                                                "PyTorch and JAX")
     p_bench.add_argument("losses", nargs="*", help="loss names (default: all benchmark cases)")
     p_bench.add_argument("--size", type=int, default=10_000_000)
     p_bench.add_argument("--repeats", type=int, default=7)
     p_bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p_bench.add_argument("--backend", action="append", help="backend to time (repeatable)")
-    p_bench.add_argument("--output", help="also write the table as Markdown to this file")
+    p_bench.add_argument("--markdown", metavar="FILE.md",
+                         help="write the table into this Markdown page (between its markers; "
+                              "docs/performance.md)")
+    p_bench.add_argument("--plot", metavar="FILE.png", help="draw the ratios as a bar chart (needs matplotlib)")
+    p_bench.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX even where installed")
+    p_bench.add_argument("--no-cold-start", action="store_true",
+                         help="skip timing import and first call in fresh processes")
     p_bench.add_argument("--no-pairwise", action="store_true",
                          help="skip the embedding losses (large matrix products)")
     p_bench.set_defaults(run=bench)

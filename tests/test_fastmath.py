@@ -434,3 +434,69 @@ def test_loops_vectorise():
             k(arg, out)
         llvm = "\n".join(k.inspect_llvm().values())
         assert _PACKED_MATH.search(llvm), f"{name}: loop did not vectorise"
+
+
+# ---------------------------------------------------------------------------
+# exp_to_float32 and max_ignoring_nan (the softmax block loops)
+# ---------------------------------------------------------------------------
+
+@njit
+def _exp_to_float32_loop(a, out):
+    for i in range(a.size):
+        out[i] = fm.exp_to_float32(a[i])
+
+
+@njit
+def _max_loop(a):
+    m = -INF
+    for i in range(a.size):
+        m = fm.max_ignoring_nan(m, a[i])
+    return m
+
+
+@needs_ld
+def test_exp_to_float32_accuracy():
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(-110.0, 95.0, 200_000), np.linspace(-104.5, 89.5, 200_001),
+                        [88.72, 88.7228, 88.73, -87.33, -87.34, -103.97, -103.98, -104.0]])
+    out = np.empty(x.size, dtype=np.float32)
+    _exp_to_float32_loop(x, out)
+    exact = np.exp(x.astype(LD))
+    f32 = np.finfo(np.float32)
+    normal = (exact >= f32.tiny) & (exact <= f32.max)
+    ulp = np.spacing(exact[normal].astype(np.float32)).astype(LD)
+    err = np.abs(out[normal].astype(LD) - exact[normal]) / ulp
+    assert err.max() <= 2.0, err.max()
+    small = exact < f32.tiny  # subnormal or zero results: within one subnormal step
+    assert np.max(np.abs(out[small].astype(LD) - exact[small])) <= LD(f32.smallest_subnormal)
+    assert np.all(np.isinf(out[exact > LD(f32.max) * (1 + LD(2.0) ** -25)]))
+
+
+def test_exp_to_float32_special():
+    x = np.array([INF, -INF, NAN, 0.0, -0.0, 1000.0, -1000.0, DMAX, -DMAX])
+    out = np.empty(x.size, dtype=np.float32)
+    _exp_to_float32_loop(x, out)
+    np.testing.assert_array_equal(out, np.array([INF, 0.0, NAN, 1.0, 1.0, INF, 0.0, INF, 0.0], dtype=np.float32))
+
+
+def test_max_ignoring_nan():
+    x = np.array([NAN, -3.0, 2.5, NAN, -INF, 1.0])
+    assert _max_loop(x) == 2.5
+    assert _max_loop(np.array([-INF, -INF])) == -INF
+    assert _max_loop(np.array([1.0, INF, NAN])) == INF
+    assert _max_loop(np.array([NAN, NAN])) == -INF  # the start value
+    assert math.isnan(njit(lambda: fm.max_ignoring_nan(NAN, NAN))())
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal(1001)
+    assert _max_loop(y) == y.max()
+
+
+@pytest.mark.skipif(not _VECTOR_ARCH, reason="no SIMD vectorisation expected")
+def test_softmax_helpers_vectorise():
+    x = np.linspace(-5.0, 5.0, 64)
+    _exp_to_float32_loop(x, np.empty(64, dtype=np.float32))
+    llvm = "\n".join(_exp_to_float32_loop.inspect_llvm().values())
+    assert re.search(r"@llvm\.fmuladd\.v\d+f32", llvm), "exp_to_float32: no packed float32 math"
+    _max_loop(x)
+    llvm = "\n".join(_max_loop.inspect_llvm().values())
+    assert re.search(r"llvm\.vector\.reduce\.fmax|@llvm\.maxnum\.v\d+f64", llvm), "max_ignoring_nan: not vectorised"

@@ -1,9 +1,10 @@
 """The ``cuda`` backend: numba.cuda kernels (package ``numba-cuda``), imported on first use.
 
 Same loop interface as ``numbaloss._numba.backend`` (``elementwise``,
-``softmax_rows``), same answers as the float64 reference.  The kernels are in
-``numbaloss._cuda.kernels``; this module owns the launch configuration and the
-movement of arrays.
+``softmax_rows``, ``pairwise``), same answers as the float64 reference.  The kernels
+are in ``numbaloss._cuda.kernels`` (elementwise, softmax rows, helpers) and
+``numbaloss._cuda.pairwise`` (the embedding losses); this module owns the launch
+configuration and the movement of arrays.
 
 Arrays
 ------
@@ -24,9 +25,10 @@ device call is the block partials (2 × number of blocks float64): the reduced
 value and the domain flags, which the caller needs on the host anyway.
 
 The helpers at the end (``as_device_array``, ``flat``, ``contiguous``, ``empty``,
-``total``, ``to_host``, ``copy_into``, ``out_buffer``, ``label_denominator``) are
-what ``numbaloss._validation`` / ``numbaloss._losses`` call for device arrays
-(the public layer keeps them on the device instead of ``np.asarray``-ing them).
+``total``, ``dot``, ``weighted``, ``to_device``, ``to_host``, ``copy_into``,
+``out_buffer``, ``label_denominator``) are what ``numbaloss._validation`` /
+``numbaloss._losses`` call for device arrays (the public layer keeps them on the
+device instead of ``np.asarray``-ing them).
 
 Launch configuration
 --------------------
@@ -189,7 +191,7 @@ def _device_input(a):
         return None
     if is_device_array(a):
         return as_device_array(a)
-    return cuda.to_device(np.ascontiguousarray(a))
+    return to_device(a)
 
 
 _constants: dict = {}
@@ -342,10 +344,25 @@ def softmax_rows(kind, params, y, z, w, class_weight, ignore_index, mode, scale,
     return (total if mode == "sum" else 0.0), flags
 
 
-#: the loss families this backend has loops for: ``elementwise`` and ``softmax_rows``.
-#: The pairwise (embedding) losses are not on the GPU yet; there is deliberately no
-#: ``pairwise`` here, so ``_config.resolve`` reports "backend 'cuda' has no kernels for …".
-FAMILIES = ("pointwise", "two_term", "softmax")
+def pairwise(name, inputs, params, coef, need_grad):
+    """(per-sample losses, gradients of Σ coefᵢ·lossᵢ) of an embedding loss, computed
+    by ``numbaloss._cuda.pairwise``; same contract as the numba backend's
+    ``pairwise``.  Host inputs give host results (copied back); with any device
+    input the losses and gradients stay on the device."""
+    from . import pairwise as _pairwise
+
+    on_device = any(is_device_array(a) for a in inputs if a is not None)
+    device_inputs = [_device_input(a) for a in inputs]
+    coef = _device_input(coef) if is_device_array(coef) else cuda.to_device(np.asarray(coef, np.float64))
+    losses, grads = getattr(_pairwise, name)(*device_inputs, **params, coef=coef, need_grad=need_grad)
+    if on_device:
+        return losses, grads
+    return losses.copy_to_host(), None if grads is None else tuple(g.copy_to_host() for g in grads)
+
+
+#: the loss families this backend has loops for (``elementwise``, ``softmax_rows``,
+#: ``pairwise``: every family of the numba backend)
+FAMILIES = ("pointwise", "two_term", "softmax", "pairwise")
 
 
 # ------------------------------------------------- device-array helpers for the public layer
@@ -409,6 +426,30 @@ def total(arr) -> float:
     return _run_reduced(_k.sum_kernel, x.shape[0], (x,))[0]
 
 
+def dot(a, b) -> float:
+    """Σ a·b in float64 (a weighted sum of per-sample losses), on the device."""
+    a, b = flat(_device_input(a)), flat(_device_input(b))
+    if a.shape[0] == 0:
+        return 0.0
+    return _run_reduced(_k.dot_kernel, a.shape[0], (a, b))[0]
+
+
+def weighted(values, weights, dtype):
+    """values·weights (1-D; ``weights`` None: values) as a new device array of ``dtype``."""
+    values = flat(values)
+    weights = _empty_weights() if weights is None else flat(_device_input(weights))
+    out = empty(values.shape[0], dtype)
+    if values.shape[0]:
+        blocks, tpb = launch_config(values.shape[0])
+        _k.weighted_values[blocks, tpb](values, weights, out)
+    return out
+
+
+def to_device(arr):
+    """A device copy of a NumPy array (host inputs of a call that has device arrays)."""
+    return _wrap(cuda.to_device(np.ascontiguousarray(arr)))
+
+
 def to_host(arr) -> np.ndarray:
     """A NumPy copy of a device array (error messages, tests)."""
     return contiguous(arr).copy_to_host()
@@ -462,7 +503,7 @@ def label_denominator(labels, weights, class_weight, ignore_index, n_classes) ->
 
 
 __all__ = [
-    "MAX_BLOCKS", "THREADS_PER_BLOCK", "as_device_array", "check_available", "contiguous", "copy_into",
+    "MAX_BLOCKS", "THREADS_PER_BLOCK", "as_device_array", "check_available", "contiguous", "copy_into", "dot",
     "elementwise", "empty", "flat", "is_device_array", "label_denominator", "launch_config", "name",
-    "out_buffer", "softmax_rows", "to_host", "total", "FAMILIES",
+    "out_buffer", "pairwise", "softmax_rows", "to_device", "to_host", "total", "weighted", "FAMILIES",
 ]

@@ -4,6 +4,7 @@ forward + backward on the same inputs when PyTorch is installed.
 
     python -m numbaloss._cuda.bench                  # 1e8 elements per input, float32
     python -m numbaloss._cuda.bench --size 2e8 --dtype float64 --only mse,focal
+    python -m numbaloss._cuda.bench --only info_nce,supcon --rows 16384
     NUMBA_ENABLE_CUDASIM=1 python -m numbaloss._cuda.bench --tiny   # CI smoke run
 
 For each loss (and its ``from_logits=True`` variant where it has one) the inputs
@@ -18,6 +19,12 @@ buffers:
 * ``api``: the public call ``loss.value_and_grad(*device_arrays, out=...)``, when
   the public layer keeps device arrays on the device;
 * ``torch``: ``loss.backward()`` of the PyTorch formulation, on the same memory.
+
+The embedding losses (pairwise family) are timed apart, at ``--rows`` rows
+(N = 65,536 by default) of ``--dim`` features: ``kernel`` is
+``numbaloss._cuda.backend.pairwise`` on device arrays (value and gradients), ``api``
+the public ``value_and_grad`` on the same device arrays; they are compute-bound (the
+similarity products), so no bandwidth is given for them.
 
 Bandwidth = bytes that must move (every input read once, every gradient written
 once) / median time; the peak is the device's (memory clock × bus width), and a
@@ -86,14 +93,13 @@ def to_device_tiled(host: np.ndarray, shape: tuple):
 
 
 def cases(only=None):
-    """(label, loss, keyword arguments) for every loss of the registry that the cuda
-    backend runs, and its ``from_logits=True`` variant where it has one."""
+    """(label, loss, keyword arguments) for every elementwise and softmax loss of the
+    registry, and its ``from_logits=True`` variant where it has one."""
     from .._registry import LOSSES
-    from .backend import FAMILIES
 
     out = []
     for name, loss in LOSSES.items():
-        if (only and name not in only) or loss.family not in FAMILIES:
+        if (only and name not in only) or loss.family == "pairwise":
             continue
         out.append((name, loss, {}))
         if "from_logits" in loss.params:
@@ -147,10 +153,12 @@ def _kernel_call(loss, kwargs, inputs, grads):
     return run
 
 
-def _public_device_path() -> bool:
-    from .. import _validation
+def pairwise_cases(only=None):
+    """(name, loss) of every embedding loss of the registry."""
+    from .._registry import LOSSES
 
-    return hasattr(_validation, "is_device")
+    return [(name, loss) for name, loss in LOSSES.items()
+            if loss.family == "pairwise" and (not only or name in only)]
 
 
 # ------------------------------------------------------------------ PyTorch formulations
@@ -259,22 +267,28 @@ def device_copy_bandwidth(nbytes: int, repeats: int) -> float:
 
 
 def run(size: int = 100_000_000, dtype=np.float32, classes: int = 32, repeats: int = 10, only=None,
-        tiny: bool = False, torch: bool = True, seed: int = 0, peak_gbs: float | None = None, out=None):
-    """Benchmark every case; print a table to ``out`` and return the rows (dicts)."""
+        tiny: bool = False, torch: bool = True, seed: int = 0, peak_gbs: float | None = None, out=None,
+        rows: int = 65_536, dim: int = 128, pairwise_repeats: int = 3):
+    """Benchmark every case; print the tables to ``out`` and return the rows (dicts):
+    the elementwise and softmax losses at ``size`` elements, the embedding losses at
+    ``rows`` × ``dim``."""
     from . import backend
+    from . import pairwise
     from .. import _config
 
     _config.load_backend("cuda")
     cuda = _cuda()
-    saved = backend.THREADS_PER_BLOCK, backend.MAX_BLOCKS
-    if tiny:
-        backend.THREADS_PER_BLOCK, backend.MAX_BLOCKS = 32, 2
+    out = out or sys.stdout
+    saved = backend.THREADS_PER_BLOCK, backend.MAX_BLOCKS, pairwise.BLOCK_ROWS
+    if tiny:  # several blocks, row blocks and product tiles on tiny inputs
+        backend.THREADS_PER_BLOCK, backend.MAX_BLOCKS, pairwise.BLOCK_ROWS = 32, 2, 3
     try:
-        rows = _run(size, np.dtype(dtype), classes, repeats, only, tiny, torch and not tiny, seed, peak_gbs,
-                    out or sys.stdout, cuda)
+        results = _run(size, np.dtype(dtype), classes, repeats, only, tiny, torch and not tiny, seed, peak_gbs,
+                       out, cuda)
+        results += _run_pairwise(rows, dim, np.dtype(dtype), pairwise_repeats, only, tiny, seed, out)
     finally:
-        backend.THREADS_PER_BLOCK, backend.MAX_BLOCKS = saved
-    return rows
+        backend.THREADS_PER_BLOCK, backend.MAX_BLOCKS, pairwise.BLOCK_ROWS = saved
+    return results
 
 
 def _run(size, dtype, classes, repeats, only, tiny, use_torch, seed, peak_gbs, out, cuda):
@@ -284,7 +298,6 @@ def _run(size, dtype, classes, repeats, only, tiny, use_torch, seed, peak_gbs, o
     peak, device_name = peak_bandwidth()
     if peak_gbs:
         peak = peak_gbs * 1e9
-    public = _public_device_path()
     print(f"device: {device_name}; dtype {dtype.name}; {size:.3g} elements per input "
           f"(softmax: {classes} classes); threads/block {backend.THREADS_PER_BLOCK}; "
           f"median of {repeats}", file=out)
@@ -313,10 +326,9 @@ def _run(size, dtype, classes, repeats, only, tiny, use_torch, seed, peak_gbs, o
         seconds = median_seconds(kernel, repeats)
         row = {"loss": label, "elements": int(inputs[loss.differentiable[0]].size), "kernel_s": seconds,
                "bytes": nbytes, "bandwidth": nbytes / seconds, "peak": peak}
-        if public:
-            api = lambda: loss.value_and_grad(*inputs, backend="cuda",  # noqa: E731
-                                              out=tuple(grads) if len(grads) > 1 else grads[0], **kwargs)
-            row["api_s"] = median_seconds(api, repeats)
+        api = lambda: loss.value_and_grad(*inputs, backend="cuda",  # noqa: E731
+                                          out=tuple(grads) if len(grads) > 1 else grads[0], **kwargs)
+        row["api_s"] = median_seconds(api, repeats)
         if use_torch:
             fn = _torch_call(loss, label, kwargs, inputs)
             if fn is not None:
@@ -328,11 +340,42 @@ def _run(size, dtype, classes, repeats, only, tiny, use_torch, seed, peak_gbs, o
         del inputs, grads
     if copy_bw:
         print(f"(a device-to-device copy reaches {copy_bw / 1e9:.0f} GB/s)", file=out)
-    from .._registry import LOSSES
+    return rows
 
-    missing = [name for name, loss in LOSSES.items() if loss.family not in backend.FAMILIES]
-    if missing:
-        print(f"not on the GPU yet (pairwise family): {', '.join(missing)}", file=out)
+
+def _run_pairwise(n_rows, dim, dtype, repeats, only, tiny, seed, out):
+    """Time every embedding loss on N = ``n_rows`` rows of ``dim`` features drawn on
+    the host and copied to the device once; ``tiny``: check against the reference."""
+    from . import backend
+
+    selected = pairwise_cases(only)
+    if not selected:
+        return []
+    rng = np.random.default_rng(seed)
+    print(f"embedding losses: N = {n_rows} rows of D = {dim}, {dtype.name}, value and gradients, "
+          f"median of {repeats}", file=out)
+    print(f"{'loss':34s} {'rows':>10s} {'kernel ms':>10s} {'api ms':>8s}", file=out)
+    rows = []
+    for name, loss in selected:
+        host_inputs = list(loss.example(rng, (n_rows, dim), dtype))
+        host_inputs += [None] * (len(loss.inputs) - len(host_inputs))
+        params = loss._params({})
+        n_losses = loss.validate(host_inputs, params)[1]
+        inputs = [None if a is None else backend.to_device(a) for a in host_inputs]
+        coef = backend.to_device(np.full(n_losses, 1.0 / max(n_losses, 1)))
+        kernel = lambda: backend.pairwise(name, inputs, params, coef, True)  # noqa: E731
+        api = lambda: loss.value_and_grad(*inputs, backend="cuda")  # noqa: E731
+        row = {"loss": name, "rows": n_rows, "kernel_s": median_seconds(kernel, repeats),
+               "api_s": median_seconds(api, repeats),
+               "bytes": sum(a.size * a.dtype.itemsize for a in host_inputs if a is not None)}
+        if tiny:
+            value, grads = api()
+            ref_value, ref_grads = loss.value_and_grad(*host_inputs, backend="numpy")
+            assert math.isclose(value, ref_value, rel_tol=1e-5, abs_tol=1e-7), (name, value, ref_value)
+            for g, r in zip(grads, ref_grads):
+                np.testing.assert_allclose(backend.to_host(g), r, rtol=2e-5, atol=1e-6)
+        rows.append(row)
+        print(f"{name:34s} {n_rows:10d} {1e3 * row['kernel_s']:10.3f} {1e3 * row['api_s']:8.3f}", file=out)
     return rows
 
 
@@ -356,9 +399,8 @@ def _check_against_reference(loss, kwargs, inputs, grads, kernel):
     assert math.isclose(kernel_value, value, rel_tol=1e-5, abs_tol=1e-7), (loss.name, kernel_value, value)
     for g, r in zip(grads, ref_grads):
         np.testing.assert_allclose(backend.to_host(g), r, rtol=2e-5, atol=1e-6)
-    if _public_device_path():
-        api_value, _ = loss.value_and_grad(*inputs, backend="cuda", **kwargs)
-        assert math.isclose(api_value, value, rel_tol=1e-5, abs_tol=1e-7), (loss.name, api_value, value)
+    api_value, _ = loss.value_and_grad(*inputs, backend="cuda", **kwargs)
+    assert math.isclose(api_value, value, rel_tol=1e-5, abs_tol=1e-7), (loss.name, api_value, value)
 
 
 def main(argv=None) -> int:
@@ -370,6 +412,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated loss names")
     parser.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     parser.add_argument("--peak-gbs", type=float, default=None, help="the device's peak bandwidth, GB/s")
+    parser.add_argument("--rows", type=int, default=65_536, help="rows N of the embedding losses (default 65536)")
+    parser.add_argument("--dim", type=int, default=128, help="features D of the embedding losses (default 128)")
+    parser.add_argument("--pairwise-repeats", type=int, default=3, help="timed runs of each embedding loss")
     parser.add_argument("--tiny", action="store_true",
                         help="a few hundred elements, 32-thread blocks, results checked (simulator smoke run)")
     args = parser.parse_args(argv)
@@ -377,7 +422,9 @@ def main(argv=None) -> int:
     repeats = 1 if args.tiny else args.repeats
     only = set(args.only.split(",")) if args.only else None
     run(size=size, dtype=np.dtype(args.dtype), classes=4 if args.tiny else args.classes, repeats=repeats,
-        only=only, tiny=args.tiny, torch=not args.no_torch, peak_gbs=args.peak_gbs)
+        only=only, tiny=args.tiny, torch=not args.no_torch, peak_gbs=args.peak_gbs,
+        rows=4 if args.tiny else args.rows, dim=3 if args.tiny else args.dim,
+        pairwise_repeats=1 if args.tiny else args.pairwise_repeats)
     return 0
 
 

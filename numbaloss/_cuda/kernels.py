@@ -400,6 +400,24 @@ def sum_kernel(x, partials):
 
 
 @cuda.jit
+def dot_kernel(a, b, partials):
+    """Σ a·b (float64) over two 1-D arrays, as block partials."""
+    buf = cuda.shared.array(0, float64)
+    acc = 0.0
+    for e in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        acc += float64(a[e]) * float64(b[e])
+    block_reduce(buf, acc, 0, partials)
+
+
+@cuda.jit
+def weighted_values(values, weights, out):
+    """out = values·weights elementwise (``weights`` empty: out = values), with a cast."""
+    weighted = weights.shape[0] > 0
+    for e in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[e] = values[e] * (weights[e] if weighted else 1.0)
+
+
+@cuda.jit
 def label_weight_sum(labels, w, cw, has_ignore, ignore_index, partials):
     """Σᵢ wᵢ·c_{yᵢ} over the rows whose label is not ``ignore_index`` (PyTorch's
     weighted-mean divisor), flag BAD_LABEL for a label outside [0, K)."""
@@ -456,9 +474,13 @@ def tile(src, dst):
 
 
 def all_elementwise_terms() -> list[str]:
-    """Every term that has point functions in ``points.py``."""
+    """Every term that has point functions in ``points.py``, except the CPU loops'
+    replacements for special parameter values (``points.SPECIAL_CASES``): the
+    kernels here run the general terms."""
+    cpu_only = {replacement for _, _, replacement in getattr(_points, "SPECIAL_CASES", {}).values()}
     return sorted(name[: -len("_value_grad")] for name in dir(_points)
-                  if name.endswith("_value_grad") and not name.startswith("_"))
+                  if name.endswith("_value_grad") and not name.startswith("_")
+                  and name[: -len("_value_grad")] not in cpu_only)
 
 
 def all_softmax_kinds() -> tuple:

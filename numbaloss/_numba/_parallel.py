@@ -39,12 +39,15 @@ def get_num_threads() -> int:
     return _threads
 
 
-def _get_pool() -> ThreadPoolExecutor:
+def _submit(kernel, args: tuple, ranges) -> list:
+    """Submit ``kernel(*args, c0, c1)`` per range to the pool, under the lock: a
+    concurrent set_num_threads cannot shut the pool down between taking it and
+    submitting to it (work already submitted to a replaced pool still runs)."""
     global _pool
     with _lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="numbaloss")
-        return _pool
+        return [_pool.submit(kernel, *args, c0, c1) for c0, c1 in ranges]
 
 
 def map_chunks(kernel, args: tuple, n_chunks: int, n_elements: int) -> list:
@@ -53,7 +56,6 @@ def map_chunks(kernel, args: tuple, n_chunks: int, n_elements: int) -> list:
     if threads <= 1 or n_elements < PARALLEL_THRESHOLD:
         return [kernel(*args, 0, n_chunks)]
     bounds = [n_chunks * t // threads for t in range(threads + 1)]
-    pool = _get_pool()
-    futures = [pool.submit(kernel, *args, bounds[t], bounds[t + 1]) for t in range(1, threads)]
+    futures = _submit(kernel, args, [(bounds[t], bounds[t + 1]) for t in range(1, threads)])
     first = kernel(*args, bounds[0], bounds[1])  # the calling thread takes the first range
     return [first] + [f.result() for f in futures]

@@ -38,7 +38,7 @@ def elementwise(term, params, bounds, y, z, w, m, mode, scale, out_value, grad, 
         weighting, w, m = 0, _EMPTY_WEIGHTS, 1
     else:
         weighting, m = (1 if m == 1 else 2), max(m, 1)
-    loops = _elementwise.loops_for(term, bounds, weighting)
+    loops = _elementwise.loops_for(term, bounds, weighting, params)
     common = (y, z, w, m, params, bounds)
     if mode == "sum":
         if grad is None:

@@ -183,8 +183,13 @@ class TermLoops:
 _TERMS: dict[tuple, TermLoops] = {}
 
 
-def loops_for(term: str, bounds: tuple, weights: int) -> dict:
-    """The loops of ``term``; ``weights``: 0 none, 1 one per element, 2 one per row."""
+def loops_for(term: str, bounds: tuple, weights: int, params: tuple) -> dict:
+    """The loops of ``term`` with parameters ``params`` (those of a cheaper special
+    case, ``points.SPECIAL_CASES``, where they apply); ``weights``: 0 none, 1 one per
+    element, 2 one per row."""
+    special = points.SPECIAL_CASES.get(term)
+    if special is not None and params[special[0]] == special[1]:
+        term = special[2]
     check_domain = any(abs(b) != np.inf for b in bounds)
     key = (term, check_domain, weights)
     loops = _TERMS.get(key)

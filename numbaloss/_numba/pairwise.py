@@ -14,54 +14,60 @@ overrides the block size (tests use it to force many blocks).
 
 Design (DESIGN.md, "Pairwise losses")
 -------------------------------------
-* Similarities come from BLAS (``np.matmul`` with ``out=`` on row blocks or tiles of
-  the raw inputs; ``x @ x.T`` is sent to gemm with a copy, NumPy's syrk was slower).
-  Cosine normalisation is never materialised: the products are taken on the raw rows
-  and the fused kernels scale entry (r, c) by inv_r·inv_c (inv = 1/max(‖x‖, 1e-12)).
-  The gradient products are taken on the raw rows too, with the scales folded into
+* Similarities come from BLAS (``np.matmul`` with ``out=`` on row blocks or tiles;
+  ``x @ x.T`` is sent to gemm with a copy, NumPy's syrk was slower).  InfoNCE and
+  ArcFace/CosFace never materialise the normalised rows: the products are taken on
+  the raw rows and the fused kernels scale entry (r, c) by inv_r·inv_c
+  (inv = 1/max(‖x‖, 1e-12)); the gradient products too, with the scales folded into
   the coefficient matrix, which yields g̃ = inv·(dL/dx̂); the normalisation backward
   is then g = g̃ − [‖x‖ ≥ 1e-12]·x·inv²·(x·g̃), one O(N·D) pass.
 * One fused ``prange`` kernel per block does scale, max shift, exp, log-sum-exp, the
   loss and the gradient coefficients in place in the similarity block, one row at a
   time while the row is in cache; one or two more products give the gradients.
-* ``exp`` is a branch-free Cody-Waite + polynomial (Cephes) that LLVM vectorises, in
-  float32 for float32 data (16 lanes with AVX-512) and float64 for float64 data:
-  libm's ``exp`` is a scalar call here (no SVML) and cost 5-8x the whole kernel.  Row
-  sums use an ``fadd reassoc`` intrinsic and row maxima ``llvm.maxnum nnan`` so those
-  reductions vectorise while the rest keeps strict IEEE semantics (no fastmath).
+* ``exp`` is branch-free range reduction + polynomial that LLVM vectorises
+  (``fastmath.exp_to_float32`` for float32 data, ``fastmath.exp`` for float64 data);
+  libm's ``exp`` is a scalar call here (no SVML) and cost 5-8x the whole kernel.
+  Row sums use ``fastmath.reassoc_add`` (an ``fadd reassoc``) and row maxima
+  ``llvm.maxnum nnan`` so those reductions vectorise while the rest keeps strict
+  IEEE semantics (no fastmath).  Inner loops index 0-based 1-D views: an offset
+  index keeps Numba's negative-index wraparound, and LLVM then leaves the loop scalar.
 * Row blocks (InfoNCE, ArcFace/CosFace, batch-hard triplet): b = BLOCK_BYTES //
   (n_cols·itemsize) anchors per block (64 MiB: all of N = 4,096 at once; 256 rows at
   N = 65,536), S_R = A_R·Kᵀ, kernel, g̃A_R = G̃_R·K, g̃K += G̃_Rᵀ·A_R: 3 GEMMs, memory
   O(N·b).
-* NT-Xent and SupCon (Z·Zᵀ, symmetric) work on T×T tiles on and above the diagonal
-  (T = √(BLOCK_BYTES/itemsize) = 4,096 in float32, see ``TILE``), in two passes.
-  Pass 1: each tile's logits give the rows of I their online log-sum-exp row-wise
-  and the rows of J theirs column-wise (half the similarity GEMM).  Pass 2 recomputes
-  the tile and writes H_IJ = A_IJ + A_JIᵀ with A_rc = w_r·σ_rc (both exps from the
-  one logit, l_rc = l_cr), then g̃_I += H_IJ·Z_J and g̃_J += H_IJᵀ·Z_I.  That is 2
-  GEMM-equivalents and 2 exps per entry against 3 GEMMs and 1 exp with full row
-  blocks (``SYMMETRIC = False`` keeps that path).  Measured at N = 4,096 (2N = 8,192
-  rows), D = 128, float32, value and gradient:
+* NT-Xent and SupCon use the symmetry of the logits l_gh = u_g·u_h/τ (u = inv·z, the
+  N×D normalised rows, materialised once).  Tiles (I, J), I ≤ J, of T rows
+  (T = √(BLOCK_BYTES/itemsize) = 4,096 in float32, see ``TILE``; memory O(T²) + O(N·D)):
 
-  ==========================  ==========  ==========  ==========  ==========
-  NT-Xent                     row blocks  T = 4,096   T = 2,048   T = 1,024
-  one thread, CPU time        833 ms      835 ms      751 ms      697 ms
-  two threads, busy machine   2.36 s      2.57 s      3.35 s      6.72 s
-  value only, two threads     1.39 s      1.02 s      1.31 s      2.53 s
-  ==========================  ==========  ==========  ==========  ==========
+  - products: an off-diagonal tile is one GEMM; a diagonal tile takes only the row
+    strips from its diagonal blocks to the end of the row (``DIAG_STRIPS`` = 2
+    strips: 3/4 of the GEMM), and its kernels read the strict upper triangle only.
+  - pass 1, the log-sum-exp over A(r) = all rows but r: each entry counts for its
+    row and, transposed, for its column.  A common shift M = max‖u‖²/τ bounds every
+    logit (Cauchy-Schwarz) and every logit is ≥ −M, so when 2M ≤ 60 (float32; 600
+    in float64) e = exp(l − M) loses no row's largest terms and one exp serves both
+    sums (``_sum_tile_shifted``); otherwise (τ < 1/30 with normalised rows) rows and
+    columns get their own online max (``_lse_tile``, two exps per entry).
+  - pass 2: H[r,c] = w_r·σ_rc + w_c·σ_cr (= e·(α_r + α_c), α = w/Σe, with the shift),
+    mirrored below the diagonal, then one GEMM G = H·U (a single tile is kept from
+    pass 1; with several, each tile is recomputed and G_I += H·U_J, G_J += Hᵀ·U_I).
 
-  Small tiles save GEMM work and stay in cache, but each tile costs a few BLAS calls
-  and parallel regions whose thread wake-ups a busy 2-core machine punishes; the
-  default, the largest tile within BLOCK_BYTES, ties with row blocks for the
-  gradient and is faster for the value alone.  With n ≤ T there is a single tile,
-  kept from pass 1 (no recompute), and a small single tile runs as one serial
-  compiled call.  Memory O(T²) + O(N·D).
+  So N = 4,096 in float32 costs 3/4 + 1 GEMM-equivalents (against 2 for Z·Zᵀ as a
+  full product and its gradient product), one exp per pair and 3 BLAS calls plus 2
+  parallel regions (pass 1 keeps e in the tile for pass 2).  Measured at N = 4,096,
+  D = 128, float32, value and gradient, as a ratio to the two full products timed
+  alternately in one process: on one thread (BLAS and Numba) 2 and 4 strips both
+  1.10×, no strips 1.22×; with two threads on the 2-core machine under a load
+  average of ~20 (other processes), 2 strips 1.31-1.65×, 4 strips 1.49-1.74×, no
+  strips 1.29-1.80×: there every BLAS call and parallel region waits for a thread
+  wake-up, and the two threads are no faster than one.
 * The positives of SupCon/NT-Xent never enter the O(N²) loops: with class sums
-  C_k = Σ_{label k} inv·z and B_k = Σ_{label k} w·z/|P| (float64, O(N·D)), the
-  positive logits' sum is rs_r·(z_r·C_k − inv_r‖z_r‖²) and the positives' share of
-  the gradient −(w_r/|P_r|)(C_k − inv_r z_r) − inv_r(B_k − (w_r/|P_r|) z_r).
+  C_k = Σ_{label k} u and B_k = Σ_{label k} a·u, a = w/|P| (float64, O(N·D)), the
+  positive logits' sum is u_r·(C_k − u_r)/τ and the positives' share of dL/du_r is
+  −a_r(C_k − u_r) − (B_k − a_r u_r).
 * Small problems run serial copies of the kernels (threads cost more than they give
-  below ``SERIAL_BELOW`` block entries, and much more on a busy machine).
+  below ``SERIAL_BELOW`` block entries or ``SERIAL_ROWS_BELOW`` elements of an
+  O(N·D) pass, and much more on a busy machine).
 
 The ``Assumes`` sections of the reference docstrings list what the framework must
 have validated; these kernels additionally assume C-contiguous float32/float64
@@ -80,10 +86,13 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from .. import _pairwise_plan as plan
+from . import fastmath
+from .fastmath import reassoc_add as _rsum
+
 from ..reference.embedding import (  # noqa: F401  (re-exported for the framework)
     NORM_EPS,
     SIN_EPS,
-    _label_codes,
     batch_hard_valid_anchors,
     supcon_valid_anchors,
 )
@@ -109,59 +118,26 @@ __all__ = [
 BLOCK_BYTES = 64 << 20
 #: force the rows per block / the tile edge (None: derived from BLOCK_BYTES / TILE)
 BLOCK_ROWS = None
-#: tile edge of the symmetric two-pass path (NT-Xent, SupCon); None: the largest tile
-#: within BLOCK_BYTES, √(BLOCK_BYTES/itemsize) = 4,096 in float32, 2,896 in float64
-#: (smaller tiles are faster on one thread or an idle machine: see the table above)
+#: tile edge of NT-Xent / SupCon; None: the largest tile within BLOCK_BYTES,
+#: √(BLOCK_BYTES/itemsize) = 4,096 in float32, 2,896 in float64
 TILE = None
-#: NT-Xent / SupCon beyond one tile: True → the symmetric tiles on and above the
-#: diagonal; False → full row blocks of BLOCK_BYTES (S_R = Z_R·Zᵀ, 3 GEMMs, 1 exp per
-#: entry, g̃ accumulated in an N·V×D buffer)
-SYMMETRIC = True
+#: NT-Xent / SupCon: a diagonal tile's products are taken in this many row strips, each
+#: from its diagonal block to the end of the row (fewer strips: fewer BLAS calls, more
+#: of the products below the diagonal, which are not needed)
+DIAG_STRIPS = 2
+#: rows per chunk of the triplet kernel's dynamic schedule
+TRIPLET_CHUNK_ROWS = 1024
 #: blocks with fewer entries than this run the serial kernels
 SERIAL_BELOW = 1 << 15
+#: passes over the rows (norms, normalisation backward: a few operations per element)
+#: with fewer elements than this run serial: at N·D = 4,096·128 one such pass takes
+#: ~0.3 ms, and waking a second thread on a busy 2-core machine costs more
+SERIAL_ROWS_BELOW = 1 << 21
 
 
 # ---------------------------------------------------------------------------
 # intrinsics and vectorisable scalar functions
 # ---------------------------------------------------------------------------
-
-@intrinsic
-def _i32_as_f32(typingctx, i):
-    """Reinterpret the low 32 bits of an integer as a float32 (LLVM ``bitcast``)."""
-    if not isinstance(i, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = context.cast(builder, args[0], sig.args[0], types.int32)
-        return builder.bitcast(v, ir.FloatType())
-
-    return types.float32(i), codegen
-
-
-@intrinsic
-def _i64_as_f64(typingctx, i):
-    """Reinterpret the bits of an int64 as a float64 (LLVM ``bitcast``)."""
-    if not isinstance(i, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = context.cast(builder, args[0], sig.args[0], types.int64)
-        return builder.bitcast(v, ir.DoubleType())
-
-    return types.float64(i), codegen
-
-
-@intrinsic
-def _radd(typingctx, a, b):
-    """float64 ``a + b`` with LLVM ``reassoc nsz``: a vectorisable accumulator."""
-    if a != types.float64 or b != types.float64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1], flags=("reassoc", "nsz"))
-
-    return types.float64(types.float64, types.float64), codegen
-
 
 @intrinsic
 def _fmax(typingctx, a, b):
@@ -180,47 +156,6 @@ def _fmax(typingctx, a, b):
     return a(a, a), codegen
 
 
-@njit(cache=True)
-def _exp32(x):
-    """e**x in float32 for x ≤ 88 (Cephes expf: Cody-Waite + degree-6 polynomial,
-    ≤ 1 ulp); x < -87.33 (true result subnormal) gives 0, exp(-inf) = 0, nan → nan."""
-    xc = x if x > np.float32(-87.5) else np.float32(-87.5)
-    xc = xc if xc < np.float32(88.5) else np.float32(88.5)
-    k = math.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5))
-    r = xc - k * np.float32(0.693359375)
-    r = r - k * np.float32(-2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    p = p * r * r + r + np.float32(1.0)
-    res = p * _i32_as_f32((np.int32(k) + np.int32(127)) << np.int32(23))
-    res = np.float32(0.0) if x < np.float32(-87.33) else res
-    return x if x != x else res
-
-
-@njit(cache=True)
-def _exp64(x):
-    """e**x in float64 for x ≤ 709 (Cephes exp: Cody-Waite + Padé (2,3), ~1 ulp);
-    x < -708.39 (true result subnormal) gives 0, exp(-inf) = 0, nan → nan."""
-    xc = x if x > -708.5 else -708.5
-    xc = xc if xc < 709.0 else 709.0
-    k = math.floor(xc * 1.4426950408889634 + 0.5)
-    r = xc - k * 6.93145751953125e-1
-    r = r - k * 1.42860682030941723212e-6
-    xx = r * r
-    px = r * ((1.26177193074810590878e-4 * xx + 3.02994407707441961300e-2) * xx
-              + 9.99999999999999999910e-1)
-    q = (((3.00198505138664455042e-6 * xx + 2.52448340349684104192e-3) * xx
-          + 2.27265548208155028766e-1) * xx + 2.00000000000000000009e0)
-    y = 1.0 + 2.0 * (px / (q - px))
-    res = y * _i64_as_f64((np.int64(k) + np.int64(1023)) << np.int64(52))
-    res = 0.0 if x < -708.39 else res
-    return x if x != x else res
-
-
 def _fexp(x):  # pragma: no cover - replaced by the overload inside jitted code
     return math.exp(x)
 
@@ -228,9 +163,9 @@ def _fexp(x):  # pragma: no cover - replaced by the overload inside jitted code
 @overload(_fexp)
 def _fexp_overload(x):
     if x == types.float32:
-        return lambda x: _exp32(x)
+        return lambda x: fastmath.exp_to_float32(x)
     if x == types.float64:
-        return lambda x: _exp64(x)
+        return lambda x: fastmath.exp(x)
     return None
 
 
@@ -261,6 +196,10 @@ def _use_threads(work):
     return work >= SERIAL_BELOW and numba.get_num_threads() > 1
 
 
+def _row_threads(size):
+    return size >= SERIAL_ROWS_BELOW and numba.get_num_threads() > 1
+
+
 @_Kernel
 def _sqnorms(x, out):
     """out[r] = Σₖ x[r,k]² in float64."""
@@ -268,7 +207,7 @@ def _sqnorms(x, out):
         s = 0.0
         for k in range(x.shape[1]):
             v = np.float64(x[r, k])
-            s = _radd(s, v * v)
+            s = _rsum(s, v * v)
         out[r] = s
 
 
@@ -279,7 +218,7 @@ def _norm_backward(x, g, inv, norm):
         if norm[r] >= NORM_EPS:
             d = 0.0
             for k in range(x.shape[1]):
-                d = _radd(d, np.float64(x[r, k]) * np.float64(g[r, k]))
+                d = _rsum(d, np.float64(x[r, k]) * np.float64(g[r, k]))
             f = d * inv[r] * inv[r]
             for k in range(x.shape[1]):
                 g[r, k] = np.float64(g[r, k]) - f * np.float64(x[r, k])
@@ -287,174 +226,251 @@ def _norm_backward(x, g, inv, norm):
 
 # --- SupCon / NT-Xent -------------------------------------------------------
 #
-# Tiles (I, J), I ≤ J, of the raw products S = Z_I Z_Jᵀ; logits l = S·rs_r·cs_c with
-# rs = inv/τ, cs = inv.  The kernels are label-free: the positives enter the loss and
-# the gradient only through class sums (O(N·D), see _class_sums / _pos_grad).
+# Rows u = inv·z (z itself without normalisation), materialised in the compute dtype;
+# logits l_gh = u_g·u_h/τ, taken from tiles (I, J), I ≤ J, of raw products S = U_I·U_Jᵀ.
+# The logits are symmetric: a diagonal tile is read in its strict upper triangle only,
+# an off-diagonal tile once for its rows (rows I) and once for its columns (rows J).
+# The kernels are label-free: the positives enter the loss and the gradient only
+# through class sums (O(N·D), see _class_sums / _con_finish).
+
+#: largest span 2M of the logits for the common shift M of _sum_tile_shifted, by
+#: itemsize: exp(l − M) ≥ e^(−2M) stays far above the underflow of the exp (float32
+#: e^(−87), float64 e^(−708)), so that no row loses its largest terms
+_SHIFT_SPAN = {4: 60.0, 8: 600.0}
+
+#: rows per group of the column log-sum-exp: a group's tile rows are read twice (max,
+#: then sums) while they are in cache
+_GROUP = 16
+
 
 @_Kernel
-def _con_tile_rows(S, gi0, gj0, rs, cs, mx, ssum):
-    """Pass 1, rows of tile (I, J) of raw products: the logits in place, and the
-    online log-sum-exp (running max mx, sum ssum) of rows I; the diagonal r = c is
-    left out (set to -inf)."""
-    bi, bj = S.shape
-    diag = gi0 == gj0
-    neg_inf = S.dtype.type(-np.inf)
-    for r in prange(bi):
-        g = gi0 + r
-        rsg = rs[g]
-        tm = neg_inf
-        if diag:                     # two loops around c = r, which is left out
-            for c in range(r):
-                lv = S[r, c] * rsg * cs[gj0 + c]
-                S[r, c] = lv
-                tm = _fmax(tm, lv)
-            for c in range(r + 1, bj):
-                lv = S[r, c] * rsg * cs[gj0 + c]
-                S[r, c] = lv
-                tm = _fmax(tm, lv)
-            S[r, r] = neg_inf
-        else:
-            for c in range(bj):
-                lv = S[r, c] * rsg * cs[gj0 + c]
-                S[r, c] = lv
-                tm = _fmax(tm, lv)
-        mo = mx[g]
-        mn = _fmax(mo, tm)
-        if mn == neg_inf:            # nothing in this tile (a 1-row diagonal tile)
-            continue
+def _unit_rows(X, normalize, norm, U):
+    """norm[r] = ‖X[r]‖ (float64); U[r] = X[r]/max(‖X[r]‖, 1e-12), or X[r]."""
+    for r in prange(X.shape[0]):
         s = 0.0
-        for c in range(bj):
-            s = _radd(s, np.float64(_fexp(S[r, c] - mn)))
-        ssum[g] = ssum[g] * math.exp(np.float64(mo) - np.float64(mn)) + s
-        mx[g] = mn
+        for k in range(X.shape[1]):
+            v = np.float64(X[r, k])
+            s = _rsum(s, v * v)
+        nr = math.sqrt(s)
+        norm[r] = nr
+        f = 1.0 / max(nr, NORM_EPS) if normalize else 1.0
+        for k in range(X.shape[1]):
+            U[r, k] = np.float64(X[r, k]) * f
 
 
 @_Kernel
-def _con_tile_cols(S, gj0, mx, ssum, cmax, csum):
-    """Pass 1, columns of an off-diagonal tile (logits already in S): the online
-    log-sum-exp of rows J, by chunks of 64 columns (each thread reads row segments)."""
-    bi, bj = S.shape
-    CH = 64
-    for k in prange((bj + CH - 1) // CH):
-        c0 = k * CH
-        width = min(CH, bj - c0)
-        cm = cmax[c0:c0 + width]          # 0-based views: the loops below vectorise
-        cs = csum[c0:c0 + width]
-        m_old = mx[gj0 + c0:gj0 + c0 + width]
-        for c in range(width):
-            cm[c] = m_old[c]
+def _lse_tile(S, diag, inv_tau, bounds, rmax, rsum, cmax, cnew, csum):
+    """Pass 1 on tile (I, J) of raw products S, logits l = S·inv_tau: for each row r
+    of I its max and Σ exp(l − max) over the tile (rmax[r], rsum[r]); for each chunk p
+    of rows (bounds[p] ≤ r < bounds[p+1]) the same per column c, for the rows J
+    (cmax[p, c], csum[p, c]; cnew is scratch).  A diagonal tile (``diag``) counts
+    c > r only.  Rows go by groups of _GROUP: the group's maxima first, then its
+    exps, one for the row sum and one for the column sum of each entry."""
+    bj = S.shape[1]
+    neg_inf = S.dtype.type(-np.inf)
+    for p in prange(len(bounds) - 1):
+        cm = cmax[p]
+        cn = cnew[p]
+        cs = csum[p]
+        for c in range(bj):
+            cm[c] = neg_inf
             cs[c] = 0.0
-        for r in range(bi):
-            row = S[r, c0:c0 + width]
-            for c in range(width):
-                cm[c] = _fmax(cm[c], row[c])
-        for r in range(bi):
-            row = S[r, c0:c0 + width]
-            for c in range(width):
-                cs[c] = _radd(cs[c], np.float64(_fexp(row[c] - cm[c])))
-        for c in range(width):
-            h = gj0 + c0 + c
-            ssum[h] = ssum[h] * math.exp(np.float64(mx[h]) - np.float64(cm[c])) + cs[c]
-            mx[h] = cm[c]
+        for g0 in range(bounds[p], bounds[p + 1], _GROUP):
+            g1 = min(g0 + _GROUP, bounds[p + 1])
+            c_lo = g0 + 1 if diag else 0
+            cmg = cm[c_lo:]
+            cng = cn[c_lo:]
+            csg = cs[c_lo:]
+            for c in range(cng.shape[0]):
+                cng[c] = cmg[c]
+            for r in range(g0, g1):
+                c0 = r + 1 if diag else 0
+                row = S[r, c0:]
+                cnr = cn[c0:]
+                tm = neg_inf
+                for c in range(row.shape[0]):
+                    lv = row[c] * inv_tau
+                    tm = _fmax(tm, lv)
+                    cnr[c] = _fmax(cnr[c], lv)
+                rmax[r] = tm
+            for c in range(cng.shape[0]):   # the column sums, to the new maxima
+                d = cmg[c] - cng[c]           # nan: -inf − -inf, no entry yet (sum 0)
+                csg[c] = csg[c] * np.float64(_fexp(d if d == d else S.dtype.type(0.0)))
+                cmg[c] = cng[c]
+            for r in range(g0, g1):
+                c0 = r + 1 if diag else 0
+                row = S[r, c0:]
+                cmr = cm[c0:]
+                csr = cs[c0:]
+                m = rmax[r]
+                s = 0.0
+                for c in range(row.shape[0]):
+                    lv = row[c] * inv_tau
+                    s = _rsum(s, np.float64(_fexp(lv - m)))
+                    csr[c] = csr[c] + np.float64(_fexp(lv - cmr[c]))
+                rsum[r] = s
 
 
 @_Kernel
-def _con_tile_grad(S, gi0, gj0, rs, cs, lse, wr, scaled):
-    """Pass 2, tile (I, J) → H_IJ = A_IJ + A_JIᵀ in place, the softmax part of the
-    coefficients: A[r,c] = wr_r·cs_c·exp(l_rc − lse_r), 0 on the diagonal.  S holds
-    raw products, or logits when ``scaled`` (single tile kept from pass 1)."""
-    bi, bj = S.shape
-    zero = S.dtype.type(0.0)
-    for r in prange(bi):
-        g = gi0 + r
-        rsg = rs[g]
-        csg = cs[g]
-        lg = lse[g]
-        wg = wr[g]
-        for c in range(bj):
-            h = gj0 + c
-            lv = S[r, c] if scaled else S[r, c] * rsg * cs[h]
-            S[r, c] = wg * cs[h] * _fexp(lv - lg) + wr[h] * csg * _fexp(lv - lse[h])
-        if gi0 == gj0:
-            S[r, r] = zero
-
-
-@_Kernel
-def _con_rows(S, r0, rs, cs, wr, need_grad, mx, lse):
-    """Full rows of S = Z_R Zᵀ (raw; row r is global row r0 + r, column c global row c):
-    logits, the log-sum-exp over c ≠ g (into mx/lse) and, with ``need_grad``, the
-    softmax part of the coefficients A[r,c] = wr_g·cs_c·σ_gc in place (A[r,g] = 0)."""
-    nb, n = S.shape
-    neg_inf = S.dtype.type(-np.inf)
-    zero = S.dtype.type(0.0)
-    for r in prange(nb):
-        g = r0 + r
-        rsg = rs[g]
-        m = neg_inf
-        for c in range(g):
-            lv = S[r, c] * rsg * cs[c]
-            S[r, c] = lv
-            m = _fmax(m, lv)
-        for c in range(g + 1, n):
-            lv = S[r, c] * rsg * cs[c]
-            S[r, c] = lv
-            m = _fmax(m, lv)
-        S[r, g] = neg_inf
-        mx[g] = m
-        if m == neg_inf:            # a single row: nothing to normalise over
-            lse[g] = -np.inf
-            if need_grad:
-                for c in range(n):
-                    S[r, c] = zero
-            continue
-        s = 0.0
-        for c in range(n):
-            e = _fexp(S[r, c] - m)
-            S[r, c] = e
-            s = _radd(s, np.float64(e))
-        lse[g] = np.float64(m) + math.log(s)
-        if need_grad:
-            w = S.dtype.type(np.float64(wr[g]) / s)
-            for c in range(n):
-                S[r, c] = w * cs[c] * S[r, c]
+def _sum_tile_shifted(S, diag, inv_tau, shift, keep, bounds, rsum, csum):
+    """Pass 1 with a common shift M ≥ every logit: rsum[r] = Σ_c e_rc and
+    csum[p, c] = Σ_{r in chunk p} e_rc, e_rc = exp(l_rc − M), the row and the column
+    sums from one exp per entry (``diag``: c > r only); ``keep``: S ← e (for pass 2)."""
+    for p in prange(len(bounds) - 1):
+        cs = csum[p]
+        for c in range(cs.shape[0]):
+            cs[c] = 0.0
+        for r in range(bounds[p], bounds[p + 1]):
+            c0 = r + 1 if diag else 0
+            row = S[r, c0:]
+            csr = cs[c0:]
+            s = 0.0
+            for c in range(row.shape[0]):
+                e = _fexp(row[c] * inv_tau - shift)
+                if keep:
+                    row[c] = e
+                s = _rsum(s, np.float64(e))
+                csr[c] = csr[c] + np.float64(e)
+            rsum[r] = s
 
 
 @njit(nogil=True, cache=True)
-def _class_sums(X, lab, f, out):
-    """out[lab[r]] += f[r]·X[r] (float64; serial: labels repeat)."""
-    n, dim = X.shape
+def _merge_lse(m_run, s_run, m_new, s_new):
+    """(m_run, s_run) ← the log-sum-exp statistics of both sets: m = max,
+    s = Σ exp(· − m)."""
+    for r in range(m_run.shape[0]):
+        mo = m_run[r]
+        mn = np.float64(m_new[r])
+        m = mn if (mn > mo or mn != mn) else mo      # a NaN logit propagates
+        if m == -np.inf:
+            continue
+        fo = math.exp(mo - m) if mo != -np.inf else 0.0
+        fn = math.exp(mn - m) if mn != -np.inf else 0.0
+        s_run[r] = s_run[r] * fo + s_new[r] * fn
+        m_run[r] = m
+
+
+@njit(nogil=True, cache=True)
+def _merge_tile(gi, gj, rmax, rsum, cmax, csum, mx, ssum):
+    """Fold pass 1's tile statistics into the running ones of rows gi… and gj…"""
+    _merge_lse(mx[gi:gi + rmax.shape[0]], ssum[gi:gi + rmax.shape[0]], rmax, rsum)
+    bj = cmax.shape[1]
+    for p in range(cmax.shape[0]):
+        _merge_lse(mx[gj:gj + bj], ssum[gj:gj + bj], cmax[p], csum[p])
+
+
+@njit(inline="always", cache=True)
+def _mirror_group(S, g0, g1):
+    """Rows g0…g1 of a diagonal tile: zero the diagonal and copy each entry c > r to
+    (c, r), block by block (h×h transposes touch h rows at a time)."""
+    h = g1 - g0
+    blk = S[g0:g1, g0:g1]
+    for i in range(h):
+        blk[i, i] = 0
+        for j in range(i + 1, h):
+            blk[j, i] = blk[i, j]
+    for c0 in range(g1, S.shape[1], h):
+        w = min(h, S.shape[1] - c0)
+        src = S[g0:g1, c0:c0 + w]
+        dst = S[c0:c0 + w, g0:g1]
+        for j in range(w):
+            for i in range(h):
+                dst[j, i] = src[i, j]
+
+
+@_Kernel
+def _coef_tile(S, diag, inv_tau, bounds, lse_i, lse_j, w_i, w_j):
+    """Pass 2 on tile (I, J): S ← H, H[r,c] = w_i[r]·σ_rc + w_j[c]·σ_cr with
+    σ_rc = exp(l − lse_i[r]), σ_cr = exp(l − lse_j[c]) (l = l_rc = l_cr): the softmax
+    part of the coefficients of both rows' gradients.  A diagonal tile computes c > r,
+    mirrors it below the diagonal and zeroes the diagonal (H is then symmetric)."""
+    for p in prange(len(bounds) - 1):
+        for g0 in range(bounds[p], bounds[p + 1], _GROUP):
+            g1 = min(g0 + _GROUP, bounds[p + 1])
+            for r in range(g0, g1):
+                c0 = r + 1 if diag else 0
+                row = S[r, c0:]
+                lj = lse_j[c0:]
+                wj = w_j[c0:]
+                li = lse_i[r]
+                wi = w_i[r]
+                for c in range(row.shape[0]):
+                    lv = row[c] * inv_tau
+                    row[c] = wi * _fexp(lv - li) + wj[c] * _fexp(lv - lj[c])
+            if diag:
+                _mirror_group(S, g0, g1)
+
+
+@_Kernel
+def _coef_tile_shifted(S, diag, inv_tau, shift, kept, bounds, alpha_i, alpha_j):
+    """Pass 2 with a common shift M: S ← H, H[r,c] = e_rc·(α_i[r] + α_j[c]) with
+    e_rc = exp(l_rc − M) (``kept``: S holds e from pass 1) and α = w/Σe
+    (= w·exp(M − lse)): _coef_tile's H with one exp per entry, or none.  ``diag`` as
+    in _coef_tile."""
+    for p in prange(len(bounds) - 1):
+        for g0 in range(bounds[p], bounds[p + 1], _GROUP):
+            g1 = min(g0 + _GROUP, bounds[p + 1])
+            for r in range(g0, g1):
+                c0 = r + 1 if diag else 0
+                row = S[r, c0:]
+                aj = alpha_j[c0:]
+                ai = alpha_i[r]
+                if kept:
+                    for c in range(row.shape[0]):
+                        row[c] = row[c] * (ai + aj[c])
+                else:
+                    for c in range(row.shape[0]):
+                        row[c] = _fexp(row[c] * inv_tau - shift) * (ai + aj[c])
+            if diag:
+                _mirror_group(S, g0, g1)
+
+
+@njit(nogil=True, cache=True)
+def _class_sums(U, lab, f, out):
+    """out[lab[r]] += f[r]·U[r] (float64; serial: labels repeat)."""
+    n, dim = U.shape
     for r in range(n):
         k = lab[r]
         fr = f[r]
         if fr != 0.0:
             for d in range(dim):
-                out[k, d] += fr * np.float64(X[r, d])
+                out[k, d] += fr * np.float64(U[r, d])
 
 
 @_Kernel
-def _pos_logit_sums(X, lab, rs, cs, sq, C, out):
-    """out[r] = Σ_{p∈P(r)} l_rp = rs_r·(x_r·C_{lab r} − cs_r‖x_r‖²), C_k = Σ_{lab=k} cs·x."""
-    n, dim = X.shape
+def _pos_logit_sums(U, lab, inv_tau, C, out):
+    """out[r] = Σ_{p∈P(r)} l_rp = (u_r·C_{lab r} − ‖u_r‖²)/τ, C_k = Σ_{lab=k} u."""
+    n, dim = U.shape
     for r in prange(n):
         k = lab[r]
         d = 0.0
         for j in range(dim):
-            d = _radd(d, np.float64(X[r, j]) * C[k, j])
-        out[r] = rs[r] * (d - cs[r] * sq[r])
+            u = np.float64(U[r, j])
+            d = _rsum(d, u * (C[k, j] - u))
+        out[r] = d * inv_tau
 
 
 @_Kernel
-def _pos_grad(X, lab, wrip, cs, C, B, G):
-    """G_r += −wrip_r·(C_k − cs_r x_r) − cs_r·(B_k − wrip_r x_r), k = lab[r]: the
-    positives' part of g̃ (C_k = Σ cs·x, B_k = Σ wrip·x over label k)."""
-    n, dim = X.shape
+def _con_finish(U, G, lab, a, C, B, inv, norm, normalize, out):
+    """out[r] = dL/dz_r from g = G[r] (softmax part of dL/du_r) plus the positives'
+    part −a_r(C_k − u_r) − (B_k − a_r u_r) (k = lab[r], a = w/|P|, C_k = Σ u,
+    B_k = Σ a·u over label k), through the normalisation: inv·(g − u(u·g))
+    (inv·g where ‖z‖ < 1e-12), or g itself."""
+    n, dim = U.shape
     for r in prange(n):
         k = lab[r]
-        a = wrip[r]
-        c = cs[r]
+        ar = a[r]
+        d = 0.0
+        if normalize and norm[r] >= NORM_EPS:
+            for j in range(dim):
+                u = np.float64(U[r, j])
+                g = np.float64(G[r, j]) - ar * (C[k, j] - u) - (B[k, j] - ar * u)
+                d = _rsum(d, u * g)
+        f = inv[r] if normalize else 1.0
         for j in range(dim):
-            x = np.float64(X[r, j])
-            G[r, j] = np.float64(G[r, j]) - a * (C[k, j] - c * x) - c * (B[k, j] - a * x)
+            u = np.float64(U[r, j])
+            g = np.float64(G[r, j]) - ar * (C[k, j] - u) - (B[k, j] - ar * u)
+            out[r, j] = f * (g - u * d)
 
 
 # --- InfoNCE ----------------------------------------------------------------
@@ -477,7 +493,7 @@ def _nce_rows(S, r0, rs, cs, wr, need_grad, loss):
         for c in range(n):
             e = _fexp(S[r, c] - m)
             S[r, c] = e
-            s = _radd(s, np.float64(e))
+            s = _rsum(s, np.float64(e))
         loss[g] = np.float64(m) + math.log(s) - lpos
         if need_grad:
             epos = np.float64(S[r, g])
@@ -500,7 +516,7 @@ def _nce_shared_rows(S, r0, A, P, rs, cp, cn, wr, need_grad, loss, gpos):
         rsg = rs[g]
         d = 0.0
         for k in range(dim):
-            d = _radd(d, np.float64(A[g, k]) * np.float64(P[g, k]))
+            d = _rsum(d, np.float64(A[g, k]) * np.float64(P[g, k]))
         lpos = S.dtype.type(d * np.float64(rsg) * np.float64(cp[g]))
         m = lpos
         for c in range(n):
@@ -512,7 +528,7 @@ def _nce_shared_rows(S, r0, A, P, rs, cp, cn, wr, need_grad, loss, gpos):
         for c in range(n):
             e = _fexp(S[r, c] - m)
             S[r, c] = e
-            s = _radd(s, np.float64(e))
+            s = _rsum(s, np.float64(e))
         loss[g] = np.float64(m) + math.log(s) - np.float64(lpos)
         if need_grad:
             f = S.dtype.type(1.0 / s)
@@ -599,7 +615,7 @@ def _nce_paired(A, P, Ng, inv_tau, cosine, coef, need_grad, loss, gA, gP, gN):
 # --- ArcFace / CosFace ------------------------------------------------------
 
 @_Kernel
-def _margin_rows(S, r0, lab, rx, cw, scale, mode, cos_m, sin_m, th, mm, margin, wr,
+def _margin_rows(S, r0, lab, tcos, rx, cw, scale, mode, cos_m, sin_m, th, mm, margin, wr,
                  need_grad, loss):
     """Rows of S = X_R Wᵀ (raw): cos, the margin on the target, CE over scale·logits.
     mode 0: ArcFace, 1: ArcFace easy_margin, 2: CosFace (φ = cos − margin)."""
@@ -610,7 +626,7 @@ def _margin_rows(S, r0, lab, rx, cw, scale, mode, cos_m, sin_m, th, mm, margin, 
         g = r0 + r
         y = lab[g]
         rxg = rx[g]
-        ct = np.float64(S[r, y] * rxg * cw[y])     # cos θ of the target
+        ct = tcos[g]                # cos θ of the target, in float64 (plan.target_cosines)
         m = neg_inf
         for c in range(n):
             lv = S[r, c] * rxg * cw[c] * sc
@@ -640,7 +656,7 @@ def _margin_rows(S, r0, lab, rx, cw, scale, mode, cos_m, sin_m, th, mm, margin, 
         for c in range(n):
             e = _fexp(S[r, c] - m)
             S[r, c] = e
-            s = _radd(s, np.float64(e))
+            s = _rsum(s, np.float64(e))
         loss[g] = np.float64(m) + math.log(s) - np.float64(lt)
         if need_grad:
             et = np.float64(S[r, y])
@@ -750,12 +766,12 @@ def _dist(X, Y, i, eps, p, squared):
         s = 0.0
         for k in range(dim):
             v = np.float64(X[i, k]) - np.float64(Y[i, k]) + eps
-            s += v * v
+            s = _rsum(s, v * v)
         return s if squared else math.sqrt(s)
     if p == 1.0:
         s = 0.0
         for k in range(dim):
-            s += abs(np.float64(X[i, k]) - np.float64(Y[i, k]) + eps)
+            s = _rsum(s, abs(np.float64(X[i, k]) - np.float64(Y[i, k]) + eps))
         return s
     big = 0.0
     for k in range(dim):
@@ -879,46 +895,10 @@ def _triplet_rows(A, P, Q, margin, p, eps, swap, squared, coef, need_grad, loss,
 # Python drivers
 # ---------------------------------------------------------------------------
 
-def _coef(coef, n):
-    if coef is None:
-        return np.ones(n)
-    return np.ascontiguousarray(np.broadcast_to(np.asarray(coef, dtype=np.float64), (n,)))
-
-
-def _grad_buffers(out, shapes, dtype):
-    """The gradient arrays: new ones, or the caller's ``out`` buffers once checked."""
-    if out is None:
-        return tuple(np.empty(s, dtype=dtype) for s in shapes)
-    out = tuple(out)
-    if len(out) != len(shapes):
-        raise ValueError(f"out: expected {len(shapes)} buffers, got {len(out)}")
-    for buf, s in zip(out, shapes):
-        if buf.shape != tuple(s) or buf.dtype != dtype or not buf.flags.c_contiguous:
-            raise ValueError(f"out: need C-contiguous {np.dtype(dtype).name} buffers of shape "
-                             f"{tuple(s)}, got {buf.dtype.name} {buf.shape}")
-    return out
-
-
-def _codes(labels):
-    """(int64 codes in [0, K), each sample's label count, K) — small non-negative
-    integer labels are their own codes (bincount), others go through np.unique."""
-    lab = np.asarray(labels).ravel()
-    if lab.size and lab.dtype.kind in "iu":
-        lo, hi = int(lab.min()), int(lab.max())
-        if lo >= 0 and hi < 4 * lab.size + 64:
-            codes = lab.astype(np.int64, copy=False)
-            counts = np.bincount(codes)
-            return codes, counts[codes], hi + 1
-    if lab.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
-    codes, count = _label_codes(lab)
-    return codes.astype(np.int64), count, int(codes.max()) + 1
-
-
 def _norms(x2d):
     """(‖x_r‖, 1/max(‖x_r‖, 1e-12)) in float64 for the rows of a 2-D array."""
     sq = np.empty(x2d.shape[0])
-    _sqnorms(_use_threads(x2d.size))(x2d, sq)
+    _sqnorms(_row_threads(x2d.size))(x2d, sq)
     norm = np.sqrt(sq)
     return norm, 1.0 / np.maximum(norm, NORM_EPS)
 
@@ -929,28 +909,12 @@ def _unit(n):
 
 def _project(x2d, g2d, inv, norm):
     if x2d.shape[0]:
-        _norm_backward(_use_threads(x2d.size))(x2d, g2d, inv, norm)
+        _norm_backward(_row_threads(x2d.size))(x2d, g2d, inv, norm)
 
 
 def _block_rows(n_rows, n_cols, itemsize, block_rows):
     forced = BLOCK_ROWS if block_rows is None else block_rows
-    if forced is not None:
-        return max(1, min(int(forced), n_rows))
-    return max(1, min(n_rows, BLOCK_BYTES // max(1, n_cols * itemsize)))
-
-
-def _block_view(flat, rows, cols):
-    """A C-contiguous (rows, cols) view of the start of a flat buffer."""
-    return flat[:rows * cols].reshape(rows, cols)
-
-
-def _matmul_t(a, b, out):
-    """out = a @ b.T through the general product.  NumPy sends x @ x.T (same buffer,
-    square result) to syrk, which was ~1.6-2.6× slower than gemm here."""
-    if (a.shape[0] == b.shape[0] and a.size
-            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]):
-        b = b.copy()
-    return np.matmul(a, b.T, out=out)
+    return plan.block_rows(n_rows, n_cols, itemsize, forced, BLOCK_BYTES)
 
 
 # --- triplet ----------------------------------------------------------------
@@ -965,17 +929,20 @@ def triplet(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, swap=Fal
     shape = A.shape
     A2, P2, Q2 = (x.reshape(-1, shape[-1]) for x in (A, P, Q))
     n = A2.shape[0]
-    coef = _coef(coef, n)
+    coef = plan.coefficients(coef, n)
     losses = np.empty(n)
     if need_grad:
-        grads = _grad_buffers(out, [shape] * 3, A.dtype)
+        grads = plan.grad_buffers(out, [shape] * 3, A.dtype)
         gA, gP, gQ = (g.reshape(n, shape[-1]) for g in grads)
     else:
         grads = None
         gA = gP = gQ = np.empty((0, 0), A.dtype)
-    _triplet_rows(_use_threads(A2.size))(A2, P2, Q2, float(margin), float(p), float(eps),
-                                         bool(swap), bool(squared), coef, need_grad, losses,
-                                         gA, gP, gQ)
+    # rows handed out in chunks as threads ask (not split in halves up front): on a
+    # busy machine a thread that is not running then holds up only its last chunk
+    with numba.parallel_chunksize(TRIPLET_CHUNK_ROWS):
+        _triplet_rows(_use_threads(A2.size))(A2, P2, Q2, float(margin), float(p), float(eps),
+                                             bool(swap), bool(squared), coef, need_grad,
+                                             losses, gA, gP, gQ)
     return losses, grads
 
 
@@ -992,10 +959,10 @@ def batch_hard_triplet(embeddings, labels, *, margin=1.0, squared=False, coef=No
     """
     X = embeddings
     n, dim = X.shape
-    coef = _coef(coef, n)
-    lab = _codes(labels)[0]
+    coef = plan.coefficients(coef, n)
+    lab = plan.label_codes(labels)[0]
     sq = np.empty(n)
-    _sqnorms(_use_threads(X.size))(X, sq)
+    _sqnorms(_row_threads(X.size))(X, sq)
     hp = np.empty(n, np.int64)
     hn = np.empty(n, np.int64)
     b = _block_rows(n, n, X.itemsize, block_rows)
@@ -1003,15 +970,15 @@ def batch_hard_triplet(embeddings, labels, *, margin=1.0, squared=False, coef=No
     par = _use_threads(b * n)
     for r0 in range(0, n, b):
         r1 = min(r0 + b, n)
-        S = _block_view(flat, r1 - r0, n)
-        _matmul_t(X[r0:r1], X, S)
+        S = plan.block_view(flat, r1 - r0, n)
+        plan.matmul_t(X[r0:r1], X, S)
         _bh_select(par)(S, r0, sq, lab, hp, hn)
     del flat
     losses = np.empty(n)
     cp = np.empty(n)
     cn = np.empty(n)
     if need_grad:
-        (grad,) = _grad_buffers(out, [X.shape], X.dtype)
+        (grad,) = plan.grad_buffers(out, [X.shape], X.dtype)
     else:
         grad = np.empty((0, 0), X.dtype)
     _bh_finish(_use_threads(X.size))(X, hp, hn, float(margin), bool(squared), coef, need_grad,
@@ -1035,7 +1002,7 @@ def info_nce(anchor, positive, negatives=None, *, temperature=0.1, similarity="c
     A, P = anchor, positive
     n, dim = A.shape
     dt = A.dtype
-    coef = _coef(coef, n)
+    coef = plan.coefficients(coef, n)
     tau = float(temperature)
     cosine = similarity == "cosine"
     losses = np.empty(n)
@@ -1043,7 +1010,7 @@ def info_nce(anchor, positive, negatives=None, *, temperature=0.1, similarity="c
     if negatives is not None and negatives.ndim == 3:
         Q = negatives
         if need_grad:
-            grads = _grad_buffers(out, [A.shape, P.shape, Q.shape], dt)
+            grads = plan.grad_buffers(out, [A.shape, P.shape, Q.shape], dt)
             gA, gP, gQ = grads
         else:
             grads = None
@@ -1059,7 +1026,7 @@ def info_nce(anchor, positive, negatives=None, *, temperature=0.1, similarity="c
     wr = (coef / tau * a_inv).astype(dt)
     shapes = [A.shape, P.shape] + ([] if negatives is None else [negatives.shape])
     if need_grad:
-        grads = _grad_buffers(out, shapes, dt)
+        grads = plan.grad_buffers(out, shapes, dt)
     else:
         grads = None
 
@@ -1083,8 +1050,8 @@ def info_nce(anchor, positive, negatives=None, *, temperature=0.1, similarity="c
         tmp = np.empty(K.shape, dt) if n > b else None
     for r0 in range(0, n, b):
         r1 = min(r0 + b, n)
-        S = _block_view(flat, r1 - r0, n_cols)
-        _matmul_t(A[r0:r1], K, S)
+        S = plan.block_view(flat, r1 - r0, n_cols)
+        plan.matmul_t(A[r0:r1], K, S)
         if negatives is None:
             _nce_rows(par)(S, r0, rs, cs, wr, need_grad, losses)
         else:
@@ -1113,68 +1080,47 @@ def info_nce(anchor, positive, negatives=None, *, temperature=0.1, similarity="c
 
 # --- SupCon / NT-Xent -------------------------------------------------------
 
-# serial kernels as globals, for the compiled function below
-_sqnorms_serial = _sqnorms.serial
-_norm_backward_serial = _norm_backward.serial
-_pos_logit_sums_serial = _pos_logit_sums.serial
-_pos_grad_serial = _pos_grad.serial
-_con_tile_rows_serial = _con_tile_rows.serial
-_con_tile_grad_serial = _con_tile_grad.serial
+def _chunk_bounds(n_rows, n_cols, diag, parts):
+    """Row boundaries of at most ``parts`` chunks of about equal work, at multiples of
+    _GROUP (a diagonal tile's row r has n_cols − r − 1 entries)."""
+    starts = np.arange(0, n_rows, _GROUP)
+    work = np.minimum(starts + _GROUP, n_rows) - starts
+    if diag:
+        work = work * np.maximum(n_cols - starts - _GROUP // 2, 1)
+    cum = np.cumsum(work)
+    cut = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts)
+    return np.unique(np.concatenate(([0], starts[cut], [n_rows]))).astype(np.int64)
 
 
-@njit(nogil=True, cache=True)
-def _contrastive_small(Z, lab, n_classes, npos, kappa, tau, coef, normalize, need_grad,
-                       losses, G):
-    """The whole single-tile computation in one serial compiled call (small N, where
-    the Python-level steps of _contrastive cost more than the arithmetic)."""
-    n, dim = Z.shape
-    dt = Z.dtype
-    sq = np.empty(n)
-    _sqnorms_serial(Z, sq)
-    norm = np.sqrt(sq)
-    inv = np.ones(n)
-    if normalize:
-        for r in range(n):
-            inv[r] = 1.0 / max(norm[r], NORM_EPS)
-    rs = np.empty(n, dt)
-    cs = np.empty(n, dt)
-    wr = np.empty(n, dt)
-    ipos = np.zeros(n)
-    wrip = np.zeros(n)
-    inv_tau = np.empty(n)
-    for r in range(n):
-        rs[r] = inv[r] / tau
-        cs[r] = inv[r]
-        inv_tau[r] = inv[r] / tau
-        w = 0.0
-        if npos[r] > 0:
-            ipos[r] = 1.0 / npos[r]
-            w = coef[r] * kappa / tau * inv[r]
-            wrip[r] = w * ipos[r]
-        wr[r] = w
-    C = np.zeros((n_classes, dim))
-    _class_sums(Z, lab, inv, C)
-    psum = np.empty(n)
-    _pos_logit_sums_serial(Z, lab, inv_tau, inv, sq, C, psum)
-    S = np.dot(Z, Z.T)
-    mx = np.full(n, -np.inf, dtype=dt)
-    ssum = np.zeros(n)
-    _con_tile_rows_serial(S, 0, 0, rs, cs, mx, ssum)
-    lse = np.empty(n)
-    lse_t = np.empty(n, dt)
-    for r in range(n):
-        lse[r] = np.float64(mx[r]) + math.log(ssum[r]) if ssum[r] > 0.0 else -np.inf
-        lse_t[r] = lse[r]
-        losses[r] = kappa * (lse[r] - psum[r] * ipos[r]) if npos[r] > 0 else 0.0
-    if not need_grad:
+def _tile_products(UI, UJ, diag, S):
+    """S = U_I·U_Jᵀ; on a diagonal tile only the DIAG_STRIPS row strips from the
+    diagonal to the end of the row (k strips: (k + 1)/2k of the products)."""
+    if not diag:
+        plan.matmul_t(UI, UJ, S)
         return
-    _con_tile_grad_serial(S, 0, 0, rs, cs, lse_t, wr, True)
-    np.dot(S, Z, G)
-    B = np.zeros((n_classes, dim))
-    _class_sums(Z, lab, wrip, B)
-    _pos_grad_serial(Z, lab, wrip, inv, C, B, G)
-    if normalize:
-        _norm_backward_serial(Z, G, inv, norm)
+    bi = UI.shape[0]
+    step = max(_GROUP, -(-bi // DIAG_STRIPS))
+    for s0 in range(0, bi, step):
+        s1 = min(s0 + step, bi)
+        plan.matmul_t(UI[s0:s1], UI[s0:], S[s0:s1, s0:])
+
+
+class _Tile:
+    """Tile (I, J) of the contrastive logits: rows gi… and gj… of U, its chunks."""
+
+    def __init__(self, U, gi, gj, T, parts):
+        n = U.shape[0]
+        self.gi, self.gj = gi, gj
+        self.UI = U[gi:min(gi + T, n)]
+        self.UJ = U[gj:min(gj + T, n)]
+        self.diag = gi == gj
+        bi, bj = self.UI.shape[0], self.UJ.shape[0]
+        self.bounds = _chunk_bounds(bi, bj, self.diag, parts)
+
+    def products(self, flat):
+        S = plan.block_view(flat, self.UI.shape[0], self.UJ.shape[0])
+        _tile_products(self.UI, self.UJ, self.diag, S)
+        return S
 
 
 def _contrastive(views, n_samples, lab, n_classes, npos, kappa, tau, coef, normalize,
@@ -1205,168 +1151,102 @@ def _contrastive(views, n_samples, lab, n_classes, npos, kappa, tau, coef, norma
     else:
         T = TILE if TILE is not None else math.isqrt(BLOCK_BYTES // np.dtype(dt).itemsize)
         T = max(1, int(T))
-    single = n <= T
-    # parts: (rows, their global slice, their gradient); one contiguous part when the
-    # whole problem is one tile (fewer calls for small N), else one part per view
-    if single:
-        Z = views[0] if n_views == 1 else np.concatenate(views, axis=0)
-        Z = np.ascontiguousarray(Z)
-        gZ = None
-        if need_grad:
-            gZ = gviews[0] if (n_views == 1 and gviews[0].flags.c_contiguous) else \
-                np.empty((n, dim), dt)
-        if not _use_threads(n * n):
-            _contrastive_small(Z, lab, n_classes, npos, kappa, tau, coef, normalize, need_grad,
-                               losses, gZ if need_grad else np.empty((0, 0), dt))
-            if need_grad and gZ is not gviews[0]:
-                for v, gv in enumerate(gviews):
-                    gv[...] = gZ[v * n_samples:(v + 1) * n_samples]
-            return losses
-        parts = [(Z, slice(0, n), gZ)]
-    else:
-        parts = [(views[v], slice(v * n_samples, (v + 1) * n_samples),
-                  gviews[v] if need_grad else None) for v in range(n_views)]
+    bt = min(T, n)
+    par = _use_threads(bt * bt)
+    parts = 4 * numba.get_num_threads() if par else 1
+    inv_tau = 1.0 / tau
 
-    sq = np.empty(n)
-    for X, sl, _ in parts:
-        _sqnorms(_use_threads(X.size))(X, sq[sl])
-    norm = np.sqrt(sq)
-    inv = 1.0 / np.maximum(norm, NORM_EPS) if normalize else np.ones(n)
-    rs = (inv / tau).astype(dt)
-    cs = inv.astype(dt)
-    ipos = np.where(valid, 1.0 / np.maximum(npos, 1), 0.0)
-    w64 = np.where(valid, coef * kappa / tau * inv, 0.0)
-    wr = w64.astype(dt)
+    U = np.empty((n, dim), dt)
+    norm = np.empty(n)
+    for v, X in enumerate(views):
+        sl = slice(v * n_samples, (v + 1) * n_samples)
+        _unit_rows(_row_threads(X.size))(X, normalize, norm[sl], U[sl])
 
-    # the positives: Σ_{p∈P(r)} l_rp from the class sums C_k = Σ_{lab=k} inv·z
+    # the positives: Σ_{p∈P(r)} l_rp from the class sums C_k = Σ_{lab=k} u
     C = np.zeros((n_classes, dim))
-    for X, sl, _ in parts:
-        _class_sums(X, lab[sl], inv[sl], C)
+    _class_sums(U, lab, np.ones(n), C)
     psum = np.empty(n)
-    for X, sl, _ in parts:
-        _pos_logit_sums(_use_threads(X.size))(X, lab[sl], inv[sl] / tau, inv[sl], sq[sl], C,
-                                              psum[sl])
+    _pos_logit_sums(_row_threads(U.size))(U, lab, inv_tau, C, psum)
 
-    # the log-sum-exp over A(r) and the softmax part of the gradient
-    if single:
-        _contrastive_tiles([(Z, 0, n, 0)], n, dim, dt, n, True, rs, cs, wr, psum, ipos, valid,
-                           kappa, losses, gviews, gZ)
-    elif SYMMETRIC:
-        _contrastive_tiles(_blocks_of(views, n_samples, T), n, dim, dt, T, False, rs, cs, wr,
-                           psum, ipos, valid, kappa, losses, gviews, None)
-    else:
-        _contrastive_rows(views, n_samples, n, dim, dt, rs, cs, wr, psum, ipos, valid, kappa,
-                          losses, gviews, forced)
+    # pass 1: the log-sum-exp over A(r) = all rows but r.  M = max‖u‖²/τ bounds every
+    # logit (Cauchy-Schwarz), and every logit is ≥ −M: when 2M is within _SHIFT_SPAN,
+    # exp(l − M) can neither overflow nor lose the row's largest terms, and one exp
+    # per entry serves its row and its column; otherwise each row gets its own max.
+    # (With the shift, pass 2 scales e by α = w/Σe ≤ max(w)·e^(2M): that must not
+    # overflow either.)
+    usq = norm * norm if not normalize else (norm / np.maximum(norm, NORM_EPS)) ** 2
+    shift = dt.type(np.max(usq) * inv_tau)
+    w = np.where(valid, coef * kappa * inv_tau, 0.0)
+    shifted = (2.0 * float(shift) <= _SHIFT_SPAN[dt.itemsize]
+               and np.max(w) * math.exp(2.0 * float(shift)) <= np.finfo(dt).max / 4)
+    tiles = [_Tile(U, gi, gj, T, parts) for gi in range(0, n, T) for gj in range(gi, n, T)]
+    single = len(tiles) == 1          # then pass 2 reuses pass 1's tile
+    flat = np.empty(bt * bt, dt)
+    rmax = np.empty(bt, dt)
+    rsum = np.empty(bt)
+    cmax = np.empty((parts, bt), dt)
+    cnew = np.empty((parts, bt), dt)
+    csum = np.empty((parts, bt))
+    mx = np.full(n, float(shift) if shifted else -np.inf)
+    ssum = np.zeros(n)
+    for t in tiles:
+        S = t.products(flat)
+        bi, bj = S.shape
+        p = len(t.bounds) - 1
+        if shifted:
+            _sum_tile_shifted(par)(S, t.diag, dt.type(inv_tau), shift, single and need_grad,
+                                   t.bounds, rsum[:bi], csum[:p, :bj])
+            ssum[t.gi:t.gi + bi] += rsum[:bi]
+            ssum[t.gj:t.gj + bj] += csum[:p, :bj].sum(axis=0)
+        else:
+            _lse_tile(par)(S, t.diag, dt.type(inv_tau), t.bounds, rmax[:bi], rsum[:bi],
+                           cmax[:p, :bj], cnew[:p, :bj], csum[:p, :bj])
+            _merge_tile(t.gi, t.gj, rmax[:bi], rsum[:bi], cmax[:p, :bj], csum[:p, :bj], mx,
+                        ssum)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lse = mx + np.log(ssum)
+        losses[:] = np.where(valid, kappa * (lse - psum * np.where(valid, 1.0 / npos, 0.0)),
+                             0.0)
     if not need_grad:
         return losses
-    # the positives' part: −(w/|P|)·Σ_{p∈P(r)} inv_p z_p and its transpose
-    wrip = w64 * ipos
-    B = np.zeros((n_classes, dim))
-    for X, sl, _ in parts:
-        _class_sums(X, lab[sl], wrip[sl], B)
-    for X, sl, G in parts:
-        _pos_grad(_use_threads(X.size))(X, lab[sl], wrip[sl], inv[sl], C, B, G)
-        if normalize:
-            _project(X, G, inv[sl], norm[sl])
-    if single and gZ is not gviews[0]:
-        for v, gv in enumerate(gviews):
-            gv[...] = gZ[v * n_samples:(v + 1) * n_samples]
-    return losses
 
-
-def _blocks_of(views, n_samples, T):
-    """(view array, i0, i1, global row of i0) for row blocks of ≤ T rows of each view."""
-    return [(views[v], i0, min(i0 + T, n_samples), v * n_samples + i0)
-            for v in range(len(views)) for i0 in range(0, n_samples, T)]
-
-
-def _contrastive_tiles(blocks, n, dim, dt, T, single, rs, cs, wr, psum, ipos, valid, kappa,
-                       losses, gviews, gZ):
-    """The symmetric two-pass tile path (see the module docstring); fills ``losses``
-    and adds the softmax part of g̃ to ``gviews`` (or writes it to ``gZ`` when the
-    problem is a single tile)."""
-    need_grad = gviews is not None
-    n_samples = n // len(gviews) if need_grad else 0
-    if single:
-        Z = blocks[0][0]
-    flat = np.empty(T * T, dt)
-    mx = np.full(n, -np.inf, dtype=dt)
-    ssum = np.zeros(n)
-    par = _use_threads(T * T)
-    if not single:
-        cmax = np.empty(T, dt)
-        csum = np.empty(T)
-    for bi, (XI_all, i0, i1, gi) in enumerate(blocks):
-        XI = XI_all[i0:i1]
-        for XJ_all, j0, j1, gj in blocks[bi:]:
-            S = _block_view(flat, i1 - i0, j1 - j0)
-            _matmul_t(XI, XJ_all[j0:j1], S)
-            _con_tile_rows(par)(S, gi, gj, rs, cs, mx, ssum)
-            if gj != gi:
-                _con_tile_cols(par)(S, gj, mx, ssum, cmax, csum)
+    # pass 2: G = H·U, the softmax part of dL/du (tiles recomputed unless single)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lse = mx.astype(np.float64) + np.log(ssum)
-        losses[:] = np.where(valid, kappa * (lse - psum * ipos), 0.0)
-    if not need_grad:
-        return
-
+        alpha = (w / ssum).astype(dt)
     lse_t = lse.astype(dt)
-    if single:
-        S = _block_view(flat, n, n)           # still the logits of pass 1
-        _con_tile_grad(par)(S, 0, 0, rs, cs, lse_t, wr, True)
-        np.matmul(S, Z, out=gZ)
-    else:
-        for gv in gviews:
-            gv[...] = 0
-        tmp = np.empty((T, dim), dt)
-        for bi, (XI_all, i0, i1, gi) in enumerate(blocks):
-            XI = XI_all[i0:i1]
-            vi = gi // n_samples
-            for XJ_all, j0, j1, gj in blocks[bi:]:
-                XJ = XJ_all[j0:j1]
-                S = _block_view(flat, i1 - i0, j1 - j0)
-                _matmul_t(XI, XJ, S)
-                _con_tile_grad(par)(S, gi, gj, rs, cs, lse_t, wr, False)
-                t = tmp[:i1 - i0]
-                np.matmul(S, XJ, out=t)
-                gviews[vi][i0:i1] += t
-                if gj != gi:
-                    t = tmp[:j1 - j0]
-                    np.matmul(S.T, XI, out=t)
-                    gviews[gj // n_samples][j0:j1] += t
+    w_t = w.astype(dt)
+    G = np.empty((n, dim), dt) if single else np.zeros((n, dim), dt)
+    tmp = np.empty((bt, dim), dt)
+    for t in tiles:
+        S = plan.block_view(flat, t.UI.shape[0], t.UJ.shape[0]) if single else t.products(flat)
+        bi, bj = S.shape
+        gi, gj = t.gi, t.gj
+        if shifted:
+            _coef_tile_shifted(par)(S, t.diag, dt.type(inv_tau), shift, single, t.bounds,
+                                    alpha[gi:gi + bi], alpha[gj:gj + bj])
+        else:
+            _coef_tile(par)(S, t.diag, dt.type(inv_tau), t.bounds, lse_t[gi:gi + bi],
+                            lse_t[gj:gj + bj], w_t[gi:gi + bi], w_t[gj:gj + bj])
+        if single:
+            np.matmul(S, U, out=G)
+            continue
+        np.matmul(S, t.UJ, out=tmp[:bi])
+        G[gi:gi + bi] += tmp[:bi]
+        if not t.diag:
+            np.matmul(S.T, t.UI, out=tmp[:bj])
+            G[gj:gj + bj] += tmp[:bj]
 
-
-def _contrastive_rows(views, n_samples, n, dim, dt, rs, cs, wr, psum, ipos, valid, kappa,
-                      losses, gviews, forced):
-    """Full row blocks: S_R = Z_R·Zᵀ, the row kernel, g̃_R += G̃_R·Z, g̃ += G̃_Rᵀ·Z_R.
-    Fills ``losses`` and writes the softmax part of g̃ into ``gviews``."""
-    need_grad = gviews is not None
-    Z = views[0] if len(views) == 1 else np.concatenate(views, axis=0)
-    Z = np.ascontiguousarray(Z)
-    b = _block_rows(n, n, np.dtype(dt).itemsize, forced)
-    flat = np.empty(b * n, dt)
-    mx = np.empty(n, dt)
-    lse = np.empty(n)
-    par = _use_threads(b * n)
-    if need_grad:
-        gZ = np.zeros((n, dim), dt)
-        tmp = np.empty((n, dim), dt)
-    for r0 in range(0, n, b):
-        r1 = min(r0 + b, n)
-        S = _block_view(flat, r1 - r0, n)
-        _matmul_t(Z[r0:r1], Z, S)
-        _con_rows(par)(S, r0, rs, cs, wr, need_grad, mx, lse)
-        if need_grad:
-            t = tmp[:r1 - r0]
-            np.matmul(S, Z, out=t)
-            gZ[r0:r1] += t
-            np.matmul(S.T, Z[r0:r1], out=tmp)
-            gZ += tmp
-    with np.errstate(invalid="ignore"):
-        losses[:] = np.where(valid, kappa * (lse - psum * ipos), 0.0)
-    if need_grad:
-        for v, gv in enumerate(gviews):
-            gv[...] = gZ[v * n_samples:(v + 1) * n_samples]
+    # the positives' part, −(w/|P|)·Σ_{p∈P(r)} u_p and its transpose, and the
+    # normalisation backward, into the caller's (possibly strided) gradient views
+    a = w * np.where(valid, 1.0 / np.maximum(npos, 1), 0.0)
+    B = np.zeros((n_classes, dim))
+    _class_sums(U, lab, a, B)
+    inv = 1.0 / np.maximum(norm, NORM_EPS)
+    for v, gv in enumerate(gviews):
+        sl = slice(v * n_samples, (v + 1) * n_samples)
+        _con_finish(_row_threads(gv.size))(U[sl], G[sl], lab[sl], a[sl], C, B, inv[sl],
+                                           norm[sl], normalize, gv)
+    return losses
 
 
 def nt_xent(z_i, z_j, *, temperature=0.5, coef=None, need_grad=True, out=None,
@@ -1377,11 +1257,11 @@ def nt_xent(z_i, z_j, *, temperature=0.5, coef=None, need_grad=True, out=None,
     its pair), through the symmetric kernels.  Losses (2N,); grads (z_i, z_j).
     """
     n, dim = z_i.shape
-    coef = _coef(coef, 2 * n)
+    coef = plan.coefficients(coef, 2 * n)
     codes = np.arange(n, dtype=np.int64)
     lab = np.concatenate((codes, codes))
     npos = np.ones(2 * n, dtype=np.int64)
-    grads = _grad_buffers(out, [z_i.shape, z_j.shape], z_i.dtype) if need_grad else None
+    grads = plan.grad_buffers(out, [z_i.shape, z_j.shape], z_i.dtype) if need_grad else None
     losses = _contrastive([z_i, z_j], n, lab, n, npos, 1.0, float(temperature), coef, True,
                           grads, block_rows)
     return losses, grads
@@ -1399,18 +1279,18 @@ def supcon(features, labels=None, *, temperature=0.07, base_temperature=None,
     n_samples, n_views, dim = F3.shape
     tau = float(temperature)
     tau_base = tau if base_temperature is None else float(base_temperature)
-    coef = _coef(coef, n_samples * n_views)
+    coef = plan.coefficients(coef, n_samples * n_views)
     if labels is None:
         codes = np.arange(n_samples, dtype=np.int64)
         count = np.ones(n_samples, dtype=np.int64)
         n_classes = n_samples
     else:
-        codes, count, n_classes = _codes(labels)
+        codes, count, n_classes = plan.label_codes(labels)
     lab = np.concatenate((codes,) * n_views)
     npos = np.concatenate((n_views * count - 1,) * n_views)
     views = [F3[:, v, :] for v in range(n_views)]
     if need_grad:
-        (grad,) = _grad_buffers(out, [F.shape], F.dtype)
+        (grad,) = plan.grad_buffers(out, [F.shape], F.dtype)
         G3 = grad[:, None, :] if F.ndim == 2 else grad
         gviews = [G3[:, v, :] for v in range(n_views)]
     else:
@@ -1427,16 +1307,17 @@ def _margin_softmax(X, labels, W, scale, mode, cos_m, sin_m, th, mm, margin, coe
     n, dim = X.shape
     n_classes = W.shape[0]
     dt = X.dtype
-    coef = _coef(coef, n)
+    coef = plan.coefficients(coef, n)
     lab = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
     x_norm, x_inv = _norms(X)
     w_norm, w_inv = _norms(W)
+    tcos = plan.target_cosines(X, W, lab, x_inv, w_inv)
     rx = x_inv.astype(dt)
     cw = w_inv.astype(dt)
     wr = (coef * scale * x_inv).astype(dt)
     losses = np.empty(n)
     if need_grad:
-        gX, gW = _grad_buffers(out, [X.shape, W.shape], dt)
+        gX, gW = plan.grad_buffers(out, [X.shape, W.shape], dt)
         gW.fill(0)
     b = _block_rows(n, n_classes, X.itemsize, block_rows)
     flat = np.empty(b * n_classes, dt)
@@ -1444,9 +1325,9 @@ def _margin_softmax(X, labels, W, scale, mode, cos_m, sin_m, th, mm, margin, coe
     tmp = np.empty(W.shape, dt) if (need_grad and n > b) else None
     for r0 in range(0, n, b):
         r1 = min(r0 + b, n)
-        S = _block_view(flat, r1 - r0, n_classes)
-        _matmul_t(X[r0:r1], W, S)
-        _margin_rows(par)(S, r0, lab, rx, cw, scale, mode, cos_m, sin_m, th, mm, margin, wr,
+        S = plan.block_view(flat, r1 - r0, n_classes)
+        plan.matmul_t(X[r0:r1], W, S)
+        _margin_rows(par)(S, r0, lab, tcos, rx, cw, scale, mode, cos_m, sin_m, th, mm, margin, wr,
                           need_grad, losses)
         if not need_grad:
             continue

@@ -143,7 +143,7 @@ def bce_probs_grad_hess(y, z, p):
 # ------------------------------------------------------------------ focal loss
 @point
 def _focal_parts_logits(y, z):
-    """(ce, ce′, ce″, log q, r = q′/q, q″/q) for q = 1 − p_t on a logit."""
+    """(ce, ce′, ce″, q, r = q′/q, q″/q) for q = 1 − p_t on a logit."""
     e = exp(-abs(z))
     log1pe = log1p(e)
     sp_pos = max(z, 0.0) + log1pe  # −log(1 − σ(z))
@@ -153,17 +153,16 @@ def _focal_parts_logits(y, z):
     ce = y * sp_neg + (1.0 - y) * sp_pos
     dce = s - y
     d2ce = e / ((1.0 + e) * (1.0 + e))
-    # log q = log(y·σ(−z) + (1 − y)·σ(z)) as a log-add-exp of the two terms
-    la = log(y) - sp_pos if y > 0.0 else -math.inf
-    lb = log1p(-y) - sp_neg if y < 1.0 else -math.inf
-    hi = max(la, lb)
-    lo = min(la, lb)
-    log_q = hi + log1p(exp(lo - hi)) if lo > -math.inf else hi
+    # q = y·σ(−z) + (1 − y)·σ(z): two non-negative terms, each accurate, so q is
+    # accurate to a few ulp (and log q with it) down to the subnormals, without a
+    # log-add-exp of log y − softplus(z) and log(1 − y) − softplus(−z) (three logs
+    # and an exp more).  q underflows to 0 only where q^γ does.
+    q = y * om + (1.0 - y) * s
     inv = (y / s if y > 0.0 else 0.0) + ((1.0 - y) / om if y < 1.0 else 0.0)
     r = (1.0 - 2.0 * y) / inv
     if not math.isfinite(r):
         r = 0.0
-    return ce, dce, d2ce, log_q, r, r * (1.0 - 2.0 * s)
+    return ce, dce, d2ce, q, r, r * (1.0 - 2.0 * s)
 
 
 @point
@@ -174,50 +173,76 @@ def _focal_parts_probs(y, z, eps):
     dce = -y / q_p + (1.0 - y) / om
     d2ce = y / (q_p * q_p) + (1.0 - y) / (om * om)
     q = y * om + (1.0 - y) * q_p
-    return ce, dce, d2ce, log(q), (1.0 - 2.0 * y) / q, 0.0
+    return ce, dce, d2ce, q, (1.0 - 2.0 * y) / q, 0.0
 
 
 @point
-def _modulation(gamma, log_q):
-    return 1.0 if gamma == 0.0 else exp(gamma * log_q)
+def _focal_value_grad(alpha_t, gamma, parts, gamma_is_2):
+    """(l, l′) from ``_focal_parts_*``: l = α_t·q^γ·ce.  ``gamma_is_2`` (a constant
+    in each caller) makes q^γ = q·q, without the exp and log of exp(γ log q)."""
+    ce, dce, d2ce, q, r, r2 = parts
+    u = q * q if gamma_is_2 else (1.0 if gamma == 0.0 else exp(gamma * log(q)))
+    m = alpha_t * u
+    return m * ce, m * (gamma * r * ce + dce)
+
+
+@point
+def _focal_grad_hess(alpha_t, gamma, parts, gamma_is_2):
+    """(l′, l″) from ``_focal_parts_*``, as ``_focal_value_grad``."""
+    ce, dce, d2ce, q, r, r2 = parts
+    u = q * q if gamma_is_2 else (1.0 if gamma == 0.0 else exp(gamma * log(q)))
+    m = alpha_t * u
+    hess = m * (gamma * gamma * r * r * ce + 2.0 * gamma * r * dce + gamma * (r2 - r * r) * ce + d2ce)
+    return m * (gamma * r * ce + dce), hess
 
 
 @point
 def focal_logits_value_grad(y, z, p):
-    alpha_t = p[0] * y + p[1] * (1.0 - y)
-    gamma = p[2]
-    ce, dce, d2ce, log_q, r, r2 = _focal_parts_logits(y, z)
-    m = alpha_t * _modulation(gamma, log_q)
-    return m * ce, m * (gamma * r * ce + dce)
+    return _focal_value_grad(p[0] * y + p[1] * (1.0 - y), p[2], _focal_parts_logits(y, z), False)
 
 
 @point
 def focal_logits_grad_hess(y, z, p):
-    alpha_t = p[0] * y + p[1] * (1.0 - y)
-    gamma = p[2]
-    ce, dce, d2ce, log_q, r, r2 = _focal_parts_logits(y, z)
-    m = alpha_t * _modulation(gamma, log_q)
-    hess = m * (gamma * gamma * r * r * ce + 2.0 * gamma * r * dce + gamma * (r2 - r * r) * ce + d2ce)
-    return m * (gamma * r * ce + dce), hess
+    return _focal_grad_hess(p[0] * y + p[1] * (1.0 - y), p[2], _focal_parts_logits(y, z), False)
 
 
 @point
 def focal_probs_value_grad(y, z, p):
-    alpha_t = p[0] * y + p[1] * (1.0 - y)
-    gamma = p[2]
-    ce, dce, d2ce, log_q, r, r2 = _focal_parts_probs(y, z, p[3])
-    m = alpha_t * _modulation(gamma, log_q)
-    return m * ce, m * (gamma * r * ce + dce)
+    return _focal_value_grad(p[0] * y + p[1] * (1.0 - y), p[2], _focal_parts_probs(y, z, p[3]), False)
 
 
 @point
 def focal_probs_grad_hess(y, z, p):
-    alpha_t = p[0] * y + p[1] * (1.0 - y)
-    gamma = p[2]
-    ce, dce, d2ce, log_q, r, r2 = _focal_parts_probs(y, z, p[3])
-    m = alpha_t * _modulation(gamma, log_q)
-    hess = m * (gamma * gamma * r * r * ce + 2.0 * gamma * r * dce + gamma * (r2 - r * r) * ce + d2ce)
-    return m * (gamma * r * ce + dce), hess
+    return _focal_grad_hess(p[0] * y + p[1] * (1.0 - y), p[2], _focal_parts_probs(y, z, p[3]), False)
+
+
+# The focal terms for γ = 2 (the usual choice; p[2] == 2): the CPU loops use them
+# instead of the general ones (``SPECIAL_CASES``), two transcendentals fewer.
+@point
+def focal_logits_gamma2_value_grad(y, z, p):
+    return _focal_value_grad(p[0] * y + p[1] * (1.0 - y), 2.0, _focal_parts_logits(y, z), True)
+
+
+@point
+def focal_logits_gamma2_grad_hess(y, z, p):
+    return _focal_grad_hess(p[0] * y + p[1] * (1.0 - y), 2.0, _focal_parts_logits(y, z), True)
+
+
+@point
+def focal_probs_gamma2_value_grad(y, z, p):
+    return _focal_value_grad(p[0] * y + p[1] * (1.0 - y), 2.0, _focal_parts_probs(y, z, p[3]), True)
+
+
+@point
+def focal_probs_gamma2_grad_hess(y, z, p):
+    return _focal_grad_hess(p[0] * y + p[1] * (1.0 - y), 2.0, _focal_parts_probs(y, z, p[3]), True)
+
+
+#: term -> (index of a parameter, its value, the term to use instead for that value)
+SPECIAL_CASES = {
+    "focal_logits": (2, 2.0, "focal_logits_gamma2"),
+    "focal_probs": (2, 2.0, "focal_probs_gamma2"),
+}
 
 
 # ------------------------------------------- terms with a constant target (GAN)

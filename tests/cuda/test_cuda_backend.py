@@ -1,7 +1,7 @@
-"""The cuda backend against the float64 reference: every loss × variant × dtype ×
-reduction, grad_hess, domain errors, empty input, several blocks, and device arrays
-used in place (backend level, and through the public API once it keeps device
-arrays on the device)."""
+"""The cuda backend against the float64 reference: every elementwise and softmax loss
+× variant × dtype × reduction, grad_hess, domain errors, empty input, several blocks,
+and device arrays used in place (backend level, and through the public API).  The
+embedding losses are in test_cuda_pairwise.py."""
 
 from __future__ import annotations
 
@@ -10,21 +10,11 @@ import pytest
 from numba import cuda
 
 import numbaloss as nl
-import numbaloss._validation as _validation
 from cases import DTYPES, REDUCTIONS, SOFTMAX, all_cases, case_id, make_case, rows_of
 
-#: the families the cuda backend runs (the pairwise losses are not on the GPU yet)
-FAMILIES = ("pointwise", "two_term", "softmax")
-CASES = [c for c in all_cases() if nl.LOSSES[c[0]].family in FAMILIES]
-PAIRWISE = [name for name, loss in nl.LOSSES.items() if loss.family == "pairwise"]
+#: the elementwise and softmax families (the pairwise ones: test_cuda_pairwise.py)
+CASES = [c for c in all_cases() if nl.LOSSES[c[0]].family in ("pointwise", "two_term", "softmax")]
 HESSIAN_CASES = [c for c in CASES if nl.LOSSES[c[0]].has_hessian]
-
-#: the public layer keeps device arrays on the device (the proposed change to
-#: _validation/_losses); until then the device path is tested at the backend level
-PUBLIC_DEVICE_PATH = hasattr(_validation, "is_device")
-needs_public_device_path = pytest.mark.skipif(
-    not PUBLIC_DEVICE_PATH, reason="numbaloss._validation does not keep device arrays on the device yet"
-)
 
 
 def tolerance(dtype):
@@ -59,6 +49,13 @@ def same_memory(a, b):
     if hasattr(a, "__cuda_array_interface__"):
         return a.__cuda_array_interface__["data"][0] == b.__cuda_array_interface__["data"][0]
     return np.shares_memory(a._ary, b._ary)  # the simulator's arrays wrap NumPy arrays
+
+
+def device_pointer(x):
+    """The device address of an array's data (a simulator array: its host buffer's)."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return x.__cuda_array_interface__["data"][0]
+    return x._ary.__array_interface__["data"][0]
 
 
 def is_device(x):
@@ -198,14 +195,12 @@ def test_empty_input():
     assert nl.cce(np.zeros(0, dtype=np.int64), e, reduction="none", backend="cuda").shape == (0,)
 
 
-@pytest.mark.parametrize("name", PAIRWISE or ["(none)"])
-def test_pairwise_losses_say_they_are_not_on_the_gpu(name):
-    if name == "(none)":
-        pytest.skip("no pairwise loss registered")
-    loss = nl.LOSSES[name]
-    inputs = loss.example(np.random.default_rng(0), (6, 4), np.float64)
-    with pytest.raises(nl.BackendUnavailableError, match="backend 'cuda' has no kernels for"):
-        loss.value_and_grad(*inputs, backend="cuda")
+def test_cuda_has_every_family_of_the_numba_backend():
+    numba_backend = nl._config.load_backend("numba")
+    cuda_backend = nl._config.load_backend("cuda")
+    for loop in ("elementwise", "softmax_rows", "pairwise"):
+        assert hasattr(numba_backend, loop) and hasattr(cuda_backend, loop)
+    assert {loss.family for loss in nl.LOSSES.values()} <= set(cuda_backend.FAMILIES)
 
 
 def test_check_available_names_the_reason(cuda_backend, monkeypatch):
@@ -332,7 +327,6 @@ DEVICE_CASES = [
 ]
 
 
-@needs_public_device_path
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("case", DEVICE_CASES, ids=case_id)
 def test_public_api_device_arrays(case, reduction):
@@ -363,27 +357,27 @@ def test_public_api_device_arrays(case, reduction):
         assert_close(gh, loss.grad_hess(*inputs, backend="numpy", **kwargs), np.float32)
 
 
-@needs_public_device_path
 def test_out_device_buffer_is_written_in_place_without_copies(cuda_backend):
     rng = np.random.default_rng(2)
     y, z = rng.standard_normal((9, 5)).astype(np.float32), rng.standard_normal((9, 5)).astype(np.float32)
     y_d, z_d = cuda.to_device(y), cuda.to_device(z)
     out = cuda.device_array((9, 5), np.float32)
+    address = device_pointer(out)
     value, grad = _without_copies(cuda_backend, lambda: nl.mse.value_and_grad(y_d, z_d, out=out))
-    assert grad is out
+    assert grad is out and device_pointer(grad) == address
     np.testing.assert_allclose(out.copy_to_host(), nl.mse.grad(y, z, backend="numpy"), rtol=1e-6)
     np.testing.assert_allclose(value, nl.mse(y, z, backend="numpy"), rtol=1e-12)
     labels = rng.integers(0, 5, 9)
     labels_d = cuda.to_device(labels)
     out = cuda.device_array((9, 5), np.float32)
+    address = device_pointer(out)
     grad = _without_copies(cuda_backend, lambda: nl.cce.grad(labels_d, z_d, from_logits=True,
                                                               out=out, backend="cuda"))
-    assert grad is out
+    assert grad is out and device_pointer(grad) == address
     np.testing.assert_allclose(out.copy_to_host(), nl.cce.grad(labels, z, from_logits=True, backend="numpy"),
                                rtol=2e-6, atol=1e-8)
 
 
-@needs_public_device_path
 def test_public_api_device_views_and_float16():
     rng = np.random.default_rng(8)
     y, z = rng.standard_normal((10, 6)), rng.standard_normal((10, 6))
@@ -420,8 +414,8 @@ def test_public_api_device_views_and_float16():
 
 def test_torch_tensors_if_available():
     torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available() or not PUBLIC_DEVICE_PATH:
-        pytest.skip("needs PyTorch with CUDA and the public device path")
+    if not torch.cuda.is_available():
+        pytest.skip("needs PyTorch with CUDA")
     rng = np.random.default_rng(0)
     y, z = rng.random((64, 10)).astype(np.float32), rng.random((64, 10)).astype(np.float32)
     yt, zt = torch.from_numpy(y).cuda(), torch.from_numpy(z).cuda()

@@ -17,22 +17,22 @@ def test_benchmark_tiny_smoke_run():
     from numbaloss._cuda import bench
 
     out = io.StringIO()
-    rows = bench.run(size=300, classes=4, repeats=1, tiny=True, out=out)
+    rows = bench.run(size=300, classes=4, repeats=1, tiny=True, out=out, rows=4, dim=3, pairwise_repeats=1)
     names = {row["loss"] for row in rows}
     import numbaloss as nl
 
-    on_gpu = {name for name, loss in nl.LOSSES.items() if loss.family in ("pointwise", "two_term", "softmax")}
-    assert on_gpu <= names and "binary_cross_entropy[logits]" in names
+    assert set(nl.LOSSES) <= names and "binary_cross_entropy[logits]" in names
     assert all(row["kernel_s"] > 0 and row["bytes"] > 0 for row in rows)
-    assert "mse" in out.getvalue()
+    assert "mse" in out.getvalue() and "N = 4 rows of D = 3" in out.getvalue()
 
 
 def test_benchmark_command_line(capsys):
     from numbaloss._cuda import bench
 
-    assert bench.main(["--tiny", "--only", "mse,categorical_focal"]) == 0
+    assert bench.main(["--tiny", "--only", "mse,categorical_focal,nt_xent"]) == 0
     printed = capsys.readouterr().out
     assert "mse" in printed and "categorical_focal[logits]" in printed and "huber" not in printed
+    assert "nt_xent" in printed and "supcon" not in printed
 
 
 @pytest.mark.anywhere

@@ -44,7 +44,7 @@ else:
     cuda = pytest.importorskip("numba.cuda")
 
     import numbaloss as nl
-    from cases import SOFTMAX, all_cases
+    from cases import SOFTMAX, all_cases, case_id, make_case
 
     backend = pytest.importorskip("numbaloss._cuda.backend")
     kernels = pytest.importorskip("numbaloss._cuda.kernels")
@@ -91,15 +91,18 @@ else:
         assert ".target sm_90" in ptx and ".entry" in ptx
         return ptx
 
-    def compile_each_once(calls):
-        """Compile each distinct (kernel, signature) of ``calls`` [(pyfunc, args)] once."""
-        seen = set()
+    def compile_each_once(calls, seen=None):
+        """Compile each distinct (kernel, signature) of ``calls`` [(pyfunc, args)] once
+        (``seen``: the (kernel, signature) pairs already compiled; a new set by default);
+        return how many distinct ones ``calls`` has."""
+        seen = set() if seen is None else seen
+        distinct = {(pyfunc.__name__, signature(args)) for pyfunc, args in calls}
         for pyfunc, args in calls:
             key = (pyfunc.__name__, signature(args))
             if key not in seen:
                 seen.add(key)
                 compile_for_hopper(pyfunc, args)
-        return len(seen)
+        return len(distinct)
 
     def test_every_registered_term_and_kind_is_covered():
         term_names = {t.name for t in TERMS}
@@ -164,6 +167,50 @@ else:
                 compile_for_hopper(kernel.py_func, (strided, dst))
         for dtype in (np.float32, np.float64, np.int64):
             compile_for_hopper(kernels.tile.py_func, (np.empty(0, dtype), np.empty(0, dtype)))
+
+    _PAIRWISE_COMPILED: set = set()
+    PAIRWISE_CASES = [case for case in all_cases() if nl.LOSSES[case[0]].family == "pairwise"]
+
+    def _pairwise_launches(monkeypatch, name, params, dtype, label_dtype):
+        """(pyfunc, args) of every kernel launch of one embedding loss, value and gradient,
+        recorded from ``numbaloss._cuda.pairwise`` itself with host arrays standing in
+        for device arrays (the same types: C-contiguous arrays, int64/float64/bool scalars)."""
+        pairwise = pytest.importorskip("numbaloss._cuda.pairwise")
+        calls = []
+        monkeypatch.setattr(backend, "empty", lambda shape, dt: np.empty(shape, dt))
+        monkeypatch.setattr(backend, "copy_into", lambda target, src: None)
+        monkeypatch.setattr(pairwise, "_launch", lambda kernel, n, *args: calls.append((kernel.py_func, args)))
+        monkeypatch.setattr(pairwise, "_launch_rows",
+                            lambda kernel, n, shared, *args: calls.append((kernel.py_func, args)))
+        monkeypatch.setattr(pairwise, "matmul", lambda *args: calls.append((pairwise.product.py_func, args)))
+        loss = nl.LOSSES[name]
+        inputs, kwargs = make_case(name, params, np.random.default_rng(0), shape=(4, 3), dtype=dtype)
+        inputs = list(inputs) + [None] * (len(loss.inputs) - len(inputs))
+        inputs = [a.astype(label_dtype) if a is not None and a.dtype.kind in "iu" else a for a in inputs]
+        checked = loss._params(kwargs)
+        n_losses = loss.validate(inputs, checked)[1]
+        for need_grad in (True, False):
+            getattr(pairwise, name)(*inputs, **checked, coef=np.ones(n_losses), need_grad=need_grad)
+        return calls
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+    @pytest.mark.parametrize("case", PAIRWISE_CASES, ids=case_id)
+    def test_pairwise_kernels_compile_for_hopper(case, dtype, monkeypatch):
+        name, params = case
+        label_dtypes = [np.int64, np.int32] if "labels" in nl.LOSSES[name].integer_inputs else [np.int64]
+        calls = []
+        for label_dtype in label_dtypes:
+            calls += _pairwise_launches(monkeypatch, name, params, dtype, label_dtype)
+        # the kernels are shared between the losses: each signature is compiled once
+        assert compile_each_once(calls, _PAIRWISE_COMPILED) >= 2
+
+    def test_every_pairwise_kernel_is_launched_by_some_loss(monkeypatch):
+        pairwise = pytest.importorskip("numbaloss._cuda.pairwise")
+        launched = set()
+        for name, params in PAIRWISE_CASES:
+            launched |= {pyfunc.__name__ for pyfunc, _ in
+                         _pairwise_launches(monkeypatch, name, params, np.float32, np.int64)}
+        assert set(pairwise.KERNELS) <= launched
 
     def test_rebinding_maps_fastmath_to_libdevice():
         """Point functions written with ``numbaloss._numba.fastmath`` (the CPU's

@@ -33,7 +33,7 @@ rounding instead of a libm call) and ``_fastmath.exp`` for float64 data.
 """
 
 from cython.parallel cimport prange, threadid
-from libc.math cimport INFINITY, NAN, exp, fabs, isinf, log, pow, sqrt
+from libc.math cimport INFINITY, NAN, exp, fabs, isfinite, isinf, log, pow, sqrt
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy
 
@@ -762,7 +762,7 @@ cdef inline double _sum_diff(const floating* x, const floating* y, Py_ssize_t di
 cdef inline double _dist(const floating* x, const floating* y, Py_ssize_t dim, double eps, double p,
                          bint squared) noexcept nogil:
     """‖x − y + eps‖_p (or its square with p = 2), in float64."""
-    cdef double s = 0.0, big = 0.0
+    cdef double s = 0.0, big = 0.0, a
     cdef Py_ssize_t k
     if squared or p == 2.0:
         s = _sum_diff(x, y, dim, eps, True)
@@ -770,8 +770,10 @@ cdef inline double _dist(const floating* x, const floating* y, Py_ssize_t dim, d
     if p == 1.0:
         return _sum_diff(x, y, dim, eps, False)
     for k in range(dim):
-        big = max(big, fabs(<double>x[k] - <double>y[k] + eps))
-    if isinf(p) or big == 0.0:
+        a = fabs(<double>x[k] - <double>y[k] + eps)
+        if a > big or a != a:   # max() would skip a NaN; once NaN, big stays NaN
+            big = a
+    if isinf(p) or big == 0.0 or not isfinite(big):
         return big
     for k in range(dim):
         s += pow(fabs(<double>x[k] - <double>y[k] + eps) / big, p)
@@ -1206,8 +1208,8 @@ def supcon(features, labels=None, *, temperature=0.07, base_temperature=None,
     lab = np.tile(codes, n_views)
     npos = np.tile(n_views * count - 1, n_views)
     # the rows of all views, view-major, as one contiguous array
-    Z = features if n_views == 1 else np.ascontiguousarray(F3.transpose(1, 0, 2)).reshape(-1, dim)
-    Z = Z.reshape(n_samples * n_views, dim)
+    Z = features if n_views == 1 else np.ascontiguousarray(F3.transpose(1, 0, 2))
+    Z = Z.reshape(n_samples * n_views, dim)   # explicit shape: -1 is ambiguous when dim = 0
     grad = gZ = None
     if need_grad:
         (grad,) = _grad_buffers(out, [features.shape], features.dtype)

@@ -716,5 +716,6 @@ class PairwiseLoss(Loss):
                     results.append(buf)
                 else:
                     results.append(_cast_result(g, result_dtype))
-            results = tuple(results)
+            # SPEC: a tuple only for losses with several differentiable inputs
+            results = tuple(results) if len(self.differentiable) > 1 else results[0]
         return value, results

@@ -775,8 +775,10 @@ def _dist(X, Y, i, eps, p, squared):
         return s
     big = 0.0
     for k in range(dim):
-        big = max(big, abs(np.float64(X[i, k]) - np.float64(Y[i, k]) + eps))
-    if math.isinf(p) or big == 0.0:
+        a = abs(np.float64(X[i, k]) - np.float64(Y[i, k]) + eps)
+        if a > big or a != a:   # max() would skip a NaN; once NaN, big stays NaN
+            big = a
+    if math.isinf(p) or big == 0.0 or not math.isfinite(big):
         return big
     s = 0.0
     for k in range(dim):

@@ -105,9 +105,9 @@ def test_zero_rows_and_no_positive():
                  nl.nt_xent.value_and_grad(z_i, z_j, backend="numpy"), np.float64)
     # SupCon without any positive: loss and gradient 0; batch-hard without a negative: 0
     features = rng.standard_normal((4, 1, 3))
-    value, (grad,) = nl.supcon.value_and_grad(features, np.arange(4), backend="cuda")
+    value, grad = nl.supcon.value_and_grad(features, np.arange(4), backend="cuda")
     assert value == 0.0 and not grad.any()
-    value, (grad,) = nl.batch_hard_triplet.value_and_grad(features[:, 0], np.zeros(4, np.int64), backend="cuda")
+    value, grad = nl.batch_hard_triplet.value_and_grad(features[:, 0], np.zeros(4, np.int64), backend="cuda")
     assert value == 0.0 and not grad.any()
 
 

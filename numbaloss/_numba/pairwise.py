@@ -766,12 +766,15 @@ def _dist(X, Y, i, eps, p, squared):
         s = 0.0
         for k in range(dim):
             v = np.float64(X[i, k]) - np.float64(Y[i, k]) + eps
-            s = _rsum(s, v * v)
+            # in order, not _rsum: LLVM vectorises the parallel and the serial copy
+            # of _triplet_rows differently, and a reassociated sum then differed in
+            # the last bit with the thread count
+            s += v * v
         return s if squared else math.sqrt(s)
     if p == 1.0:
         s = 0.0
         for k in range(dim):
-            s = _rsum(s, abs(np.float64(X[i, k]) - np.float64(Y[i, k]) + eps))
+            s += abs(np.float64(X[i, k]) - np.float64(Y[i, k]) + eps)
         return s
     big = 0.0
     for k in range(dim):

@@ -114,7 +114,8 @@ def _snapshot(things):
 
 def _run(loss, entry, inputs, kwargs, backend):
     fn = loss if entry == "__call__" else getattr(loss, entry)
-    things = list(inputs) + list(kwargs.values())
+    # every argument but ``out=``, which a successful call fills with the gradient
+    things = list(inputs) + [value for key, value in kwargs.items() if key != "out"]
     before = _snapshot(things)
     try:
         fn(*inputs, backend=backend, **kwargs)

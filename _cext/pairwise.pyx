@@ -47,13 +47,13 @@ import math
 
 import numpy as np
 
+from numbaloss import _pairwise_plan as _plan
 from numbaloss._pairwise_plan import block_rows as _plan_block_rows
 from numbaloss._pairwise_plan import block_view as _block_view
 from numbaloss._pairwise_plan import coefficients as _coef
 from numbaloss._pairwise_plan import grad_buffers as _grad_buffers
 from numbaloss._pairwise_plan import label_codes as _codes
 from numbaloss._pairwise_plan import matmul_t as _matmul_t
-from numbaloss._pairwise_plan import target_cosines as _target_cosines
 from numbaloss._pairwise_plan import tile_edge as _tile_edge
 from numbaloss.reference.embedding import NORM_EPS, SIN_EPS
 
@@ -264,12 +264,10 @@ cdef inline void _norm_backward_row(const floating* x, floating* g, Py_ssize_t d
         g[k] = <floating>(<double>g[k] - f * <double>x[k])
 
 
-def _norms(x2d):
-    """(‖x_r‖, 1/max(‖x_r‖, 1e-12)) in float64 for the rows of a 2-D array."""
+def _row_sqnorms(x2d):
     sq = np.empty(x2d.shape[0])
     _sqnorms(x2d, sq, _row_threads(x2d.size))
-    norm = np.sqrt(sq)
-    return norm, 1.0 / np.maximum(norm, NORM_EPS)
+    return sq
 
 
 def _project(x2d, g2d, inv, norm):
@@ -656,7 +654,7 @@ cdef inline void _bh_select_row(const floating* row, Py_ssize_t n, Py_ssize_t g,
             if c != g and (d2 > best_p or (d2 != d2 and best_p == best_p)):
                 best_p = d2
                 ip = c
-        elif d2 < best_n or (d2 != d2 and best_n == best_n):
+        elif ineg < 0 or d2 < best_n or (d2 != d2 and best_n == best_n):
             best_n = d2
             ineg = c
     hp[0] = ip
@@ -710,8 +708,13 @@ cdef inline double _bh_finish_row(const floating* X, Py_ssize_t dim, Py_ssize_t 
             fn = c / dn if dn > 0.0 else 0.0
         cp[0] = fp
         cn[0] = fn
-        for k in range(dim):
-            grad[k] = <floating>(fp * (<double>x[k] - <double>xp[k]) - fn * (<double>x[k] - <double>xn[k]))
+        if fp == 0.0 and fn == 0.0:
+            # (no 0·NaN: an anchor whose distance is NaN gets 0, as in the reference)
+            for k in range(dim):
+                grad[k] = 0.0
+        else:
+            for k in range(dim):
+                grad[k] = <floating>(fp * (<double>x[k] - <double>xp[k]) - fn * (<double>x[k] - <double>xn[k]))
     return arg if (arg > 0.0 or arg != arg) else 0.0  # NaN propagates
 
 
@@ -722,14 +725,16 @@ def _bh_scatter(const floating[:, ::1] X, const int64_t[::1] hp, const int64_t[:
     cdef int64_t i
     with nogil:
         for g in range(n):
-            if cp[g] != 0.0:
-                i = hp[g]
-                for k in range(dim):
-                    grad[i, k] = <floating>(<double>grad[i, k] - cp[g] * (<double>X[g, k] - <double>X[i, k]))
-            if cn[g] != 0.0:
-                i = hn[g]
-                for k in range(dim):
-                    grad[i, k] = <floating>(<double>grad[i, k] + cn[g] * (<double>X[g, k] - <double>X[i, k]))
+            # anchors outside the hinge have both 0; an active one may have one 0 (its
+            # distance 0 or inf) and still scatters it: 0·(x − x_i) is NaN where x_i is inf
+            if cp[g] == 0.0 and cn[g] == 0.0:
+                continue
+            i = hp[g]
+            for k in range(dim):
+                grad[i, k] = <floating>(<double>grad[i, k] - cp[g] * (<double>X[g, k] - <double>X[i, k]))
+            i = hn[g]
+            for k in range(dim):
+                grad[i, k] = <floating>(<double>grad[i, k] + cn[g] * (<double>X[g, k] - <double>X[i, k]))
 
 
 # ---------------------------------------------------------------------------
@@ -932,129 +937,16 @@ def triplet(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, swap=Fal
     return losses, grads
 
 
-def batch_hard_triplet(embeddings, labels, *, margin=1.0, squared=False, coef=None,
-                       need_grad=True, out=None, block_rows=None):
-    """Batch-hard triplet loss; see :func:`numbaloss.reference.embedding.batch_hard_triplet`.
-
-    Anchors without a positive or a negative get loss 0 (``batch_hard_valid_anchors``).
-    The hardest pairs are selected on d² = ‖x_g‖² + ‖x_c‖² − 2 x_g·x_c from the block
-    product (compute dtype); their distances are then recomputed exactly (float64).
-    """
-    X = embeddings
-    n, dim = X.shape
-    coef = _coef(coef, n)
-    lab = _codes(labels)[0]
-    sq = np.empty(n)
-    _sqnorms(X, sq, _row_threads(X.size))
-    hp = np.empty(n, np.int64)
-    hn = np.empty(n, np.int64)
-    b = _block_rows(n, n, X.itemsize, block_rows)
-    flat = np.empty(b * n, X.dtype)
-    par = _use_threads(b * n)
-    for r0 in range(0, n, b):
-        r1 = min(r0 + b, n)
-        S = _block_view(flat, r1 - r0, n)
-        _matmul_t(X[r0:r1], X, S)
-        _bh_select(S, r0, sq, lab, hp, hn, par)
-    del flat
-    losses = np.empty(n)
-    cp = np.empty(n)
-    cn = np.empty(n)
-    if need_grad:
-        (grad,) = _grad_buffers(out, [X.shape], X.dtype)
-    else:
-        grad = np.empty((0, 0), X.dtype)
-    _bh_finish(X, hp, hn, float(margin), bool(squared), coef, bool(need_grad), losses, grad, cp, cn,
-               _use_threads(X.size))
-    if not need_grad:
-        return losses, None
-    _bh_scatter(X, hp, hn, cp, cn, grad)
-    return losses, (grad,)
+def batch_hard_triplet(embeddings, labels, **kwargs):
+    """Batch-hard triplet loss; see :func:`numbaloss.reference.embedding.batch_hard_triplet`
+    (driver: :func:`numbaloss._pairwise_plan.batch_hard_triplet`)."""
+    return _plan.batch_hard_triplet(_KERNELS, embeddings, labels, **kwargs)
 
 
-def info_nce(anchor, positive, negatives=None, *, temperature=0.1, similarity="cosine",
-             coef=None, need_grad=True, out=None, block_rows=None):
-    """InfoNCE; see :func:`numbaloss.reference.embedding.info_nce`.
-
-    In-batch and shared negatives: row blocks of b anchors, S = A_R·Pᵀ (or A_R·Nᵀ),
-    then G̃_R·P → g̃A_R and G̃_Rᵀ·A_R accumulated into g̃P (g̃N): 3 GEMMs.  Per-anchor
-    negatives (N, M, D): one fused kernel per anchor (no GEMM to be had).
-    """
-    A, P = anchor, positive
-    n, dim = A.shape
-    dt = A.dtype
-    coef = _coef(coef, n)
-    tau = float(temperature)
-    cosine = similarity == "cosine"
-    need_grad = bool(need_grad)
-    losses = np.empty(n)
-
-    if negatives is not None and negatives.ndim == 3:
-        Q = negatives
-        if need_grad:
-            grads = _grad_buffers(out, [A.shape, P.shape, Q.shape], dt)
-            gA, gP, gQ = grads
-        else:
-            grads = None
-            gA = gP = np.empty((0, 0), dt)
-            gQ = np.empty((0, 0, 0), dt)
-        _nce_paired(A, P, Q, 1.0 / tau, cosine, coef, need_grad, losses, gA, gP, gQ,
-                    _scratch(2 * (Q.shape[1] + 1) + dim), _use_threads(Q.size))
-        return losses, grads
-
-    a_norm, a_inv = _norms(A) if cosine else (np.ones(n), np.ones(n))
-    p_norm, p_inv = _norms(P) if cosine else (np.ones(n), np.ones(n))
-    rs = (a_inv / tau).astype(dt)
-    wr = (coef / tau * a_inv).astype(dt)
-    shapes = [A.shape, P.shape] + ([] if negatives is None else [negatives.shape])
-    grads = _grad_buffers(out, shapes, dt) if need_grad else None
-
-    if negatives is None:
-        K = P                                   # the columns: the other positives
-        k_norm, k_inv = p_norm, p_inv
-    else:
-        K = negatives
-        k_norm, k_inv = _norms(K) if cosine else (np.ones(K.shape[0]), np.ones(K.shape[0]))
-        cp = p_inv.astype(dt)
-        gpos = np.empty(n, dt)
-    cs = k_inv.astype(dt)
-    n_cols = K.shape[0]
-    b = _block_rows(n, n_cols, A.itemsize, block_rows)
-    flat = np.empty(b * n_cols, dt)
-    par = _use_threads(b * n_cols)
-    if need_grad:
-        gA = grads[0]
-        gK = grads[1] if negatives is None else grads[2]
-        gK.fill(0)
-        tmp = np.empty(K.shape, dt) if n > b else None
-    for r0 in range(0, n, b):
-        r1 = min(r0 + b, n)
-        S = _block_view(flat, r1 - r0, n_cols)
-        _matmul_t(A[r0:r1], K, S)
-        if negatives is None:
-            _nce_rows(S, r0, rs, cs, wr, need_grad, losses, par)
-        else:
-            _nce_shared_rows(S, r0, A, P, rs, cp, cs, wr, need_grad, losses, gpos, par)
-        if not need_grad:
-            continue
-        np.matmul(S, K, out=gA[r0:r1])
-        if r0 == 0:
-            np.matmul(S.T, A[r0:r1], out=gK)
-        else:
-            np.matmul(S.T, A[r0:r1], out=tmp)
-            gK += tmp
-    if not need_grad:
-        return losses, None
-    if negatives is not None:
-        gP = grads[1]
-        np.multiply(gpos[:, None], A, out=gP)
-        gA += gpos[:, None] * P
-    if cosine:
-        _project(A, grads[0], a_inv, a_norm)
-        _project(P, grads[1], p_inv, p_norm)
-        if negatives is not None:
-            _project(K, grads[2], k_inv, k_norm)
-    return losses, grads
+def info_nce(anchor, positive, negatives=None, **kwargs):
+    """InfoNCE; see :func:`numbaloss.reference.embedding.info_nce` (driver:
+    :func:`numbaloss._pairwise_plan.info_nce`)."""
+    return _plan.info_nce(_KERNELS, anchor, positive, negatives, **kwargs)
 
 
 # --- SupCon / NT-Xent -------------------------------------------------------
@@ -1080,6 +972,13 @@ def _contrastive(Z, lab, n_classes, npos, kappa, tau, coef, normalize, gZ, block
     sq = np.empty(n)
     _sqnorms(Z, sq, par_rows)
     norm = np.sqrt(sq)
+    z_scale = None
+    if normalize:
+        # rows of huge norm are scaled by powers of two, so that Z·Zᵀ cannot overflow
+        _plan.repair_norms(Z, norm)
+        Z, norm, z_scale = _plan.product_safe(Z, norm)
+        if z_scale is not None:
+            _sqnorms(Z, sq, par_rows)
     inv = 1.0 / np.maximum(norm, NORM_EPS) if normalize else np.ones(n)
     rs = (inv / tau).astype(dt)
     cs = inv.astype(dt)
@@ -1104,6 +1003,7 @@ def _contrastive(Z, lab, n_classes, npos, kappa, tau, coef, normalize, gZ, block
     _pos_grad(Z, lab, wrip, inv, C, B, gZ, par_rows)
     if normalize:
         _project(Z, gZ, inv, norm)
+        _plan.unscale_rows(gZ, z_scale)
     return losses
 
 
@@ -1225,65 +1125,32 @@ def supcon(features, labels=None, *, temperature=0.07, base_temperature=None,
 
 # --- ArcFace / CosFace ------------------------------------------------------
 
-def _margin_softmax(X, labels, W, scale, mode, cos_m, sin_m, th, mm, margin, coef, need_grad, out,
-                    block_rows):
-    n, dim = X.shape
-    n_classes = W.shape[0]
-    dt = X.dtype
-    need_grad = bool(need_grad)
-    coef = _coef(coef, n)
-    lab = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
-    x_norm, x_inv = _norms(X)
-    w_norm, w_inv = _norms(W)
-    # cos θ of the target in float64 (see numbaloss._pairwise_plan.target_cosines)
-    tcos = _target_cosines(X, W, lab, x_inv, w_inv)
-    rx = x_inv.astype(dt)
-    cw = w_inv.astype(dt)
-    wr = (coef * scale * x_inv).astype(dt)
-    losses = np.empty(n)
-    if need_grad:
-        gX, gW = _grad_buffers(out, [X.shape, W.shape], dt)
-        gW.fill(0)
-    b = _block_rows(n, n_classes, X.itemsize, block_rows)
-    flat = np.empty(b * n_classes, dt)
-    par = _use_threads(b * n_classes)
-    tmp = np.empty(W.shape, dt) if (need_grad and n > b) else None
-    for r0 in range(0, n, b):
-        r1 = min(r0 + b, n)
-        S = _block_view(flat, r1 - r0, n_classes)
-        _matmul_t(X[r0:r1], W, S)
-        _margin_rows(S, r0, lab, tcos, rx, cw, scale, mode, cos_m, sin_m, th, mm, margin, wr, need_grad,
-                     losses, par)
-        if not need_grad:
-            continue
-        np.matmul(S, W, out=gX[r0:r1])
-        if r0 == 0:
-            np.matmul(S.T, X[r0:r1], out=gW)
-        else:
-            np.matmul(S.T, X[r0:r1], out=tmp)
-            gW += tmp
-    if not need_grad:
-        return losses, None
-    _project(X, gX, x_inv, x_norm)
-    _project(W, gW, w_inv, w_norm)
-    return losses, (gX, gW)
+def arcface(embeddings, labels, weight, **kwargs):
+    """ArcFace; see :func:`numbaloss.reference.embedding.arcface` (driver:
+    :func:`numbaloss._pairwise_plan.margin_softmax`)."""
+    return _plan.arcface(_KERNELS, embeddings, labels, weight, **kwargs)
 
 
-def arcface(embeddings, labels, weight, *, s=64.0, m=0.5, easy_margin=False, coef=None,
-            need_grad=True, out=None, block_rows=None):
-    """ArcFace; see :func:`numbaloss.reference.embedding.arcface`.
-
-    Row blocks of b embeddings: S = X_R·Wᵀ, fused margin + CE kernel, G̃·W → g̃X_R and
-    G̃ᵀ·X_R accumulated into g̃W (3 GEMMs of N·C·D).
-    """
-    m = float(m)
-    return _margin_softmax(embeddings, labels, weight, float(s), 1 if easy_margin else 0,
-                           math.cos(m), math.sin(m), math.cos(math.pi - m),
-                           math.sin(math.pi - m) * m, 0.0, coef, need_grad, out, block_rows)
+def cosface(embeddings, labels, weight, **kwargs):
+    """CosFace; see :func:`numbaloss.reference.embedding.cosface` (driver:
+    :func:`numbaloss._pairwise_plan.margin_softmax`)."""
+    return _plan.cosface(_KERNELS, embeddings, labels, weight, **kwargs)
 
 
-def cosface(embeddings, labels, weight, *, s=64.0, m=0.4, coef=None, need_grad=True,
-            out=None, block_rows=None):
-    """CosFace; see :func:`numbaloss.reference.embedding.cosface`."""
-    return _margin_softmax(embeddings, labels, weight, float(s), 2, 1.0, 0.0, -1.0, 0.0,
-                           float(m), coef, need_grad, out, block_rows)
+def _nce_paired_threads(par, A, P, Q, *args):
+    _nce_paired(A, P, Q, *args, _scratch(2 * (Q.shape[1] + 1) + A.shape[1]), par)
+
+
+_KERNELS = _plan.BlockKernels(
+    sqnorms=_row_sqnorms,
+    project=_project,
+    block_rows=_block_rows,
+    use_threads=_use_threads,
+    nce_rows=lambda par, *args: _nce_rows(*args, par),
+    nce_shared_rows=lambda par, *args: _nce_shared_rows(*args, par),
+    nce_paired=_nce_paired_threads,
+    margin_rows=lambda par, *args: _margin_rows(*args, par),
+    bh_select=lambda par, *args: _bh_select(*args, par),
+    bh_finish=lambda par, *args: _bh_finish(*args, par),
+    bh_scatter=_bh_scatter,
+)

@@ -54,6 +54,21 @@ class Term:
     prediction_domain: tuple = ANY
 
 
+def _float32_products_overflow(arrays) -> bool:
+    """Whether dot products of rows of these float32 arrays could exceed float32:
+    D·max|x|² above a quarter of its largest value (a pass over the inputs, made only
+    for the dot-product similarities)."""
+    largest = max((float(np.max(np.abs(a), initial=0.0)) for a in arrays if a.size), default=0.0)
+    dim = max(a.shape[-1] for a in arrays) if arrays else 0
+    return dim * largest * largest > float(np.finfo(np.float32).max) / 4
+
+
+def _plain_mean(reduction, sample_weight) -> bool:
+    """Whether a call may take the latency fast path (validation comes later: a
+    ``reduction`` that is not a string is only rejected there)."""
+    return isinstance(reduction, str) and reduction == "mean" and sample_weight is None
+
+
 class Loss:
     """Base of the public loss objects (see the module docstring)."""
 
@@ -125,7 +140,7 @@ class Loss:
     # ------------------------------------------------------------ public entry points
     def __call__(self, *args, reduction="mean", sample_weight=None, backend=None, **kwargs):
         """The loss value (a float64 scalar, or per-element arrays with reduction="none")."""
-        if reduction == "mean" and sample_weight is None:
+        if _plain_mean(reduction, sample_weight):
             result = self._fast_path(args, kwargs, backend, True, False, None)
             if result is not None:
                 return result[0]
@@ -135,7 +150,7 @@ class Loss:
 
     def grad(self, *args, reduction="mean", sample_weight=None, backend=None, out=None, **kwargs):
         """The gradient of the value w.r.t. the predictions (a tuple for several inputs)."""
-        if reduction == "mean" and sample_weight is None:
+        if _plain_mean(reduction, sample_weight):
             result = self._fast_path(args, kwargs, backend, False, True, out)
             if result is not None:
                 return result[1]
@@ -146,7 +161,7 @@ class Loss:
     def value_and_grad(self, *args, reduction="mean", sample_weight=None, backend=None, out=None,
                        **kwargs):
         """``(value, grad)`` computed in one fused pass."""
-        if reduction == "mean" and sample_weight is None:
+        if _plain_mean(reduction, sample_weight):
             result = self._fast_path(args, kwargs, backend, True, True, out)
             if result is not None:
                 return result
@@ -491,7 +506,13 @@ class SoftmaxLoss(Loss):
             keep_dtype = targets.dtype.kind == "f" and targets.dtype.itemsize >= 4
             targets = v.contiguous(targets, None if keep_dtype else dtype)
         else:
-            targets = v.contiguous(targets)
+            labels = targets
+            if not on_device and labels.dtype == np.uint64:
+                # (labels ≥ 2⁶³ stay out of range, where a cast would wrap them negative)
+                labels = np.minimum(labels, np.iinfo(np.int64).max)
+            # one label dtype for the kernels: Numba would compile a loop per integer
+            # dtype, and uint64 labels against an int64 ignore_index do not type
+            targets = v.contiguous(labels, np.int64)
         weights = self._row_weights(sample_weight, z, n)
         kind, kparams, class_weight, ignore_index, label_weighted = self.setup(params, k, target_kind)
         kind = f"{kind}_{target_kind}"
@@ -620,13 +641,17 @@ class PairwiseLoss(Loss):
     kernels = "pairwise"
 
     def __init__(self, name, inputs, params, doc, *, differentiable, validate, example,
-                 has_sample_weight=False, valid=None, integer_inputs=(), optional_inputs=()):
+                 has_sample_weight=False, valid=None, integer_inputs=(), optional_inputs=(),
+                 raw_products=None):
         super().__init__(name, inputs, params, doc, differentiable=differentiable, has_hessian=False,
                          has_sample_weight=has_sample_weight, example=example)
         self.validate = validate
         self.valid = valid
         self.integer_inputs = integer_inputs
         self.optional_inputs = optional_inputs
+        #: ``raw_products(params)``: whether the similarities are plain dot products of
+        #: the rows (not cosines, which the backends keep in range by scaling rows)
+        self.raw_products = raw_products
 
     def _prepare(self, args, kwargs, reduction, sample_weight, backend, out=None):
         # optional trailing inputs (info_nce's negatives, supcon's labels) may come
@@ -664,6 +689,9 @@ class PairwiseLoss(Loss):
             arrays = [v.to_host(a) if name in self.integer_inputs and a is not None else a
                       for name, a in zip(self.inputs, arrays)]
         inputs, n_losses = self.validate(arrays, params)
+        if (dtype == np.float32 and self.raw_products is not None and self.raw_products(params)
+                and not v.any_device(arrays) and _float32_products_overflow(floats)):
+            dtype = np.dtype(np.float64)  # results are still float32: only the computation widens
         inputs = [None if a is None else v.contiguous(a, None if name in self.integer_inputs else dtype)
                   for name, a in zip(self.inputs, inputs)]
         weights = None

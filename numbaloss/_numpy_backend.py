@@ -7,11 +7,9 @@ arrays it returns to the computation dtype.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ._validation import BAD_LABEL, BAD_PREDICTION, BAD_TARGET
+from ._validation import BAD_LABEL, BAD_PREDICTION, BAD_TARGET, exact_sum
 from .reference import categorical, embedding, pointwise
 
 name = "numpy"
@@ -43,7 +41,7 @@ def elementwise(term, params, bounds, y, z, w, m, mode, scale, out_value, grad, 
         weights = _row_weights(w, m, z.shape[0])
         total = 0.0
         if mode == "sum":
-            total = math.fsum(weights * loss) if loss.size else 0.0
+            total = exact_sum(weights * loss) if loss.size else 0.0
         if mode == "none":
             out_value[...] = scale * weights * loss
         if grad is not None:
@@ -83,7 +81,7 @@ def softmax_rows(kind, params, y, z, w, class_weight, ignore_index, mode, scale,
             gamma, eps = params
             loss, first, second = categorical.categorical_focal(y, z, class_weight, gamma, from_logits, eps)
         weights = np.ones(n) if w is None else w
-        total = math.fsum(weights * loss) if mode == "sum" and n else 0.0
+        total = exact_sum(weights * loss) if mode == "sum" and n else 0.0
         if mode == "none":
             out_value[...] = scale * weights * loss
         row_scale = (1.0 if mode == "grad_hess" else scale) * weights[:, None]

@@ -349,6 +349,8 @@ batch_hard_triplet = PairwiseLoss(
 
 
 def _similarity(name, value):
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be the string 'cosine' or 'dot', got {type(value).__name__}")
     if value not in ("cosine", "dot"):
         raise ValueError(f"{name} must be 'cosine' or 'dot', got {value!r}")
     return value
@@ -383,6 +385,7 @@ info_nce = PairwiseLoss(
     L2-normalised) or "dot".  Gradients w.r.t. (anchor, positive[, negatives]).
     """,
     differentiable=(0, 1, 2), validate=_validate_info_nce, optional_inputs=("negatives",),
+    raw_products=lambda p: p["similarity"] == "dot",
     example=lambda rng, shape, dtype: tuple(rng.standard_normal(shape).astype(dtype) for _ in range(2)),
 )
 
@@ -486,6 +489,7 @@ supcon = PairwiseLoss(
     all the loss is 0 with a zero gradient.  Gradient w.r.t. ``features``.
     """,
     differentiable=(0,), validate=_validate_supcon, valid=_supcon_valid, integer_inputs=("labels",),
+    raw_products=lambda p: not p["normalize"],
     optional_inputs=("labels",),
     example=lambda rng, shape, dtype: (rng.standard_normal((shape[0], 2, shape[1])).astype(dtype),
                                        rng.integers(0, max(1, shape[0] // 2), shape[0])),

@@ -163,10 +163,10 @@ def _score_in_chunks(loss, files, params, reduction, backend, sample_weight, chu
         rows += len(blocks[0])
         if progress is not None:
             progress(sources[0].fraction_read, rows)
-    total = math.fsum(sums)
+    total = v.exact_sum(sums)
     if reduction == "sum":
         return total, rows
-    return v.nan_safe_divide(total, math.fsum(divisors)), rows
+    return v.nan_safe_divide(total, v.exact_sum(divisors)), rows
 
 
 def _default_chunk_rows(sources) -> int:

@@ -173,7 +173,7 @@ def check_ndim(name: str, arr: np.ndarray, allowed: tuple[int, ...]) -> None:
 
 
 def check_reduction(reduction) -> str:
-    if reduction not in REDUCTIONS:
+    if not (isinstance(reduction, str) and reduction in REDUCTIONS):
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return reduction
 
@@ -314,6 +314,22 @@ def raise_label_error(labels: np.ndarray, n_classes: int, ignore_index) -> None:
         + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
         + (f"; found {int(bad.sum())} outside, e.g. {example}" if example is not None else "")
     )
+
+
+def exact_sum(values) -> float:
+    """The correctly rounded float64 sum of ``values`` (``math.fsum``), ±inf when it is
+    beyond the float64 range.
+
+    ``math.fsum`` raises OverflowError when a partial sum of finite values overflows
+    (1e308 + 1e308); scaling by a power of two is exact, so the sum is taken at 2⁻⁶⁴
+    scale then and scaled back, which overflows to ±inf only when the sum itself does.
+    """
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        scale = 2.0**64
+        with np.errstate(over="ignore"):
+            return float(np.float64(math.fsum(np.asarray(values, dtype=np.float64) / scale)) * scale)
 
 
 def nan_safe_divide(numerator: float, denominator: float) -> float:

@@ -245,6 +245,21 @@ def test_bad_inputs_raise_named_errors(backend):
         nl.bce(y, z, from_logits="yes", backend=backend)
     with pytest.raises(ValueError, match="must be finite"):
         nl.huber(y, z, delta=np.inf, backend=backend)
+    # uint64 labels beyond int64 stay out of range (a cast would wrap them negative);
+    # any integer label dtype gives the int64 labels' results
+    huge = np.array([0, 1, 2**64 - 2**31, 2], dtype=np.uint64)
+    for entry in (nl.cce, nl.cce.grad, nl.cce.grad_hess):
+        with pytest.raises(ValueError, match="labels must lie"):
+            entry(huge, z, from_logits=True, ignore_index=-1, backend=backend)
+    labels = np.array([0, 1, 2, 2])
+    for dtype in (np.uint8, np.int16, np.uint64):
+        np.testing.assert_array_equal(nl.cce.grad(labels.astype(dtype), z, from_logits=True, ignore_index=1,
+                                                  backend=backend),
+                                      nl.cce.grad(labels, z, from_logits=True, ignore_index=1, backend=backend))
+    with pytest.raises(TypeError, match="similarity must be the string"):
+        nl.info_nce(z, z, similarity=np.array(["cosine"]), backend=backend)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        nl.mse(y, z, reduction=np.array(["mean", "sum"]), backend=backend)
 
 
 def test_backend_errors():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import numbaloss as nl
+from numbaloss._validation import exact_sum
 from cases import (BACKENDS, COMPILED, DTYPES, PAIRWISE, REDUCTIONS, SOFTMAX, all_cases, case_id,
                    grad_inputs, make_case, require, rows_of)
 
@@ -165,6 +166,19 @@ def test_zero_total_weight_gives_nan_mean(backend):
     assert nl.mse(y, z, sample_weight=np.zeros(3), reduction="sum", backend=backend) == 0.0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sum_beyond_float64_range_is_inf_not_an_error(backend):
+    """Finite losses whose sum overflows float64 give inf (the reference's exact sum
+    used to raise OverflowError); a sum that comes back into range stays exact."""
+    y, z = np.zeros(2), np.array([-1.2e154, 1.3e154])
+    assert nl.mse(y, z, reduction="sum", backend=backend) == np.inf
+    assert nl.mse(y, z, backend=backend) == np.inf
+    values = np.array([1e308, 1e308, -1e308])
+    assert exact_sum(values) == 1e308
+    assert exact_sum(np.array([1e308, 1e308])) == np.inf
+    assert exact_sum(np.array([-1e308, -1e308])) == -np.inf
+
+
 @pytest.mark.parametrize("backend", COMPILED)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_parallel_path_matches_reference(case, backend):
@@ -186,3 +200,95 @@ def test_parallel_path_matches_reference(case, backend):
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
     for g, r in zip(as_tuple(grad), as_tuple(ref_grad)):
         np.testing.assert_allclose(g, r, rtol=2e-5, atol=1e-12)
+
+
+def _huge_embedding_cases(rng, dtype):
+    """(name, inputs, kwargs, indices of the embedding inputs) for the losses whose
+    value does not change when a row is scaled (cosine similarity), and batch-hard."""
+    def emb(*shape):
+        return rng.standard_normal(shape)
+    labels = np.array([0, 1, 0, 1, 2, 2])
+    return [
+        ("nt_xent", [emb(6, 4), emb(6, 4)], {}, (0, 1)),
+        ("supcon", [emb(6, 4), labels], {}, (0,)),
+        ("supcon", [emb(6, 2, 4), labels], {}, (0,)),
+        ("info_nce", [emb(6, 4), emb(6, 4)], {}, (0, 1)),
+        ("info_nce", [emb(6, 4), emb(6, 4), emb(9, 4)], {}, (0, 1, 2)),
+        ("info_nce", [emb(6, 4), emb(6, 4), emb(6, 3, 4)], {}, (0, 1, 2)),
+        ("arcface", [emb(6, 4), np.array([0, 1, 2, 3, 4, 0]), emb(5, 4)], {}, (0, 2)),
+        ("cosface", [emb(6, 4), np.array([0, 1, 2, 3, 4, 0]), emb(5, 4)], {}, (0, 2)),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_embeddings_of_huge_norm(dtype, backend):
+    """Rows whose squares overflow the dtype (≥ 2^70 in float32, 2^520 in float64):
+    cosine similarity does not see a row's scale, so the losses equal those of the
+    rows scaled back and the gradients are 2^−k times theirs (powers of two scale
+    exactly); batch-hard distances scale with the rows."""
+    rng = np.random.default_rng(7)
+    k = 70 if dtype == np.float32 else 520
+    for name, inputs, kwargs, embeddings in _huge_embedding_cases(rng, dtype):
+        loss = nl.LOSSES[name]
+        plain = [np.asarray(a, dtype) if i in embeddings else a for i, a in enumerate(inputs)]
+        huge = [a.copy() for a in plain]
+        for i in embeddings:
+            flat = huge[i].reshape(-1, huge[i].shape[-1])
+            flat[1::2] = np.ldexp(flat[1::2], k)   # every other row
+        value, grads = loss.value_and_grad(*plain, backend=backend, reduction="sum", **kwargs)
+        big_value, big_grads = loss.value_and_grad(*huge, backend=backend, reduction="sum", **kwargs)
+        np.testing.assert_allclose(big_value, value, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                                   err_msg=f"{name} on {backend}")
+        for i, g, big_g in zip(embeddings, as_tuple(grads), as_tuple(big_grads)):
+            expected = g.astype(np.float64).reshape(-1, g.shape[-1])
+            expected[1::2] = np.ldexp(expected[1::2], -k)
+            got = big_g.astype(np.float64).reshape(expected.shape)
+            assert np.all(np.isfinite(got)), f"{name} on {backend}: input {i}"
+            # (per row: the rows' gradients differ by 2^k in size)
+            row_size = np.abs(expected).max(axis=1, keepdims=True)
+            tol = 1e-4 if dtype == np.float32 else 1e-12
+            assert np.all(np.abs(got - expected) <= tol * row_size), f"{name} input {i} on {backend}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_hard_with_huge_distances(dtype, squared, backend):
+    """loss(2^k·X, margin·2^(pk)) = 2^(pk)·loss(X, margin) (p = 2 when squared): the
+    same pairs are selected, though squared distances overflow the dtype."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9, 5)).astype(dtype)
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    k = (40 if squared else 70) if dtype == np.float32 else (300 if squared else 520)
+    p = 2 if squared else 1
+    loss = nl.batch_hard_triplet
+    value, grad = loss.value_and_grad(x, labels, margin=0.5, squared=squared, backend=backend,
+                                      reduction="none")
+    big_value, big_grad = loss.value_and_grad(np.ldexp(x, k), labels, margin=float(np.ldexp(0.5, p * k)),
+                                              squared=squared, backend=backend, reduction="none")
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(np.ldexp(big_value.astype(np.float64), -p * k), value, rtol=rtol)
+    np.testing.assert_allclose(np.ldexp(big_grad.astype(np.float64), -(p - 1) * k), grad, rtol=rtol,
+                               atol=rtol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_dot_products_beyond_float32(backend):
+    """Dot-product similarities (info_nce "dot", supcon without normalisation) of
+    float32 rows whose products exceed float32 are computed in float64, as the
+    reference computes them; the results stay float32."""
+    rng = np.random.default_rng(5)
+    a, p = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    p[1] = -3e38
+    # (supcon without normalisation widens too, but there a row's positive logits come
+    # from class sums minus its self-similarity, which rows of such different norms
+    # cancel away: an open precision issue)
+    for loss, inputs, kwargs in [(nl.info_nce, (a, p), dict(similarity="dot", temperature=0.5)),
+                                 (nl.supcon, (np.concatenate([p, p]), None), dict(normalize=False))]:
+        value, grad = loss.value_and_grad(*inputs, backend=backend, reduction="sum", **kwargs)
+        ref_value, ref_grad = loss.value_and_grad(*inputs, backend="numpy", reduction="sum", **kwargs)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-6, atol=1e-6)
+        for g, r in zip(as_tuple(grad), as_tuple(ref_grad)):
+            assert g.dtype == np.float32
+            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)

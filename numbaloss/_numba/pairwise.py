@@ -691,7 +691,7 @@ def _bh_select(S, r0, sq, lab, hp, hn):
                 if c != g and (d2 > best_p or (d2 != d2 and best_p == best_p)):
                     best_p = d2
                     ip = c
-            elif d2 < best_n or (d2 != d2 and best_n == best_n):
+            elif ineg < 0 or d2 < best_n or (d2 != d2 and best_n == best_n):
                 best_n = d2
                 ineg = c
         hp[g] = ip
@@ -736,6 +736,11 @@ def _bh_finish(X, hp, hn, margin, squared, coef, need_grad, loss, grad, cp, cn):
                 fn = c / dn if dn > 0.0 else 0.0
             cp[g] = fp
             cn[g] = fn
+            if fp == 0.0 and fn == 0.0:
+                # (no 0·NaN: an anchor whose distance is NaN gets 0, as in the reference)
+                for k in range(dim):
+                    grad[g, k] = 0.0
+                continue
             for k in range(dim):
                 x = np.float64(X[g, k])
                 grad[g, k] = fp * (x - np.float64(X[ip, k])) - fn * (x - np.float64(X[ineg, k]))
@@ -746,14 +751,16 @@ def _bh_scatter(X, hp, hn, cp, cn, grad):
     """The selected rows' share of the gradient (serial: rows may repeat)."""
     n, dim = X.shape
     for g in range(n):
-        if cp[g] != 0.0:
-            ip = hp[g]
-            for k in range(dim):
-                grad[ip, k] -= cp[g] * (np.float64(X[g, k]) - np.float64(X[ip, k]))
-        if cn[g] != 0.0:
-            ineg = hn[g]
-            for k in range(dim):
-                grad[ineg, k] += cn[g] * (np.float64(X[g, k]) - np.float64(X[ineg, k]))
+        # anchors outside the hinge have both 0; an active one may have one 0 (its
+        # distance 0 or inf) and still scatters it: 0·(x − x_i) is NaN where x_i is inf
+        if cp[g] == 0.0 and cn[g] == 0.0:
+            continue
+        ip = hp[g]
+        for k in range(dim):
+            grad[ip, k] -= cp[g] * (np.float64(X[g, k]) - np.float64(X[ip, k]))
+        ineg = hn[g]
+        for k in range(dim):
+            grad[ineg, k] += cn[g] * (np.float64(X[g, k]) - np.float64(X[ineg, k]))
 
 
 # --- triplet ----------------------------------------------------------------
@@ -900,16 +907,10 @@ def _triplet_rows(A, P, Q, margin, p, eps, swap, squared, coef, need_grad, loss,
 # Python drivers
 # ---------------------------------------------------------------------------
 
-def _norms(x2d):
-    """(‖x_r‖, 1/max(‖x_r‖, 1e-12)) in float64 for the rows of a 2-D array."""
+def _row_sqnorms(x2d):
     sq = np.empty(x2d.shape[0])
     _sqnorms(_row_threads(x2d.size))(x2d, sq)
-    norm = np.sqrt(sq)
-    return norm, 1.0 / np.maximum(norm, NORM_EPS)
-
-
-def _unit(n):
-    return np.ones(n), np.ones(n)
+    return sq
 
 
 def _project(x2d, g2d, inv, norm):
@@ -953,134 +954,18 @@ def triplet(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, swap=Fal
 
 # --- batch-hard triplet -----------------------------------------------------
 
-def batch_hard_triplet(embeddings, labels, *, margin=1.0, squared=False, coef=None,
-                       need_grad=True, out=None, block_rows=None):
-    """Batch-hard triplet loss; see :func:`numbaloss.reference.embedding.batch_hard_triplet`.
-
-    Anchors without a positive or a negative get loss 0 and must be left out of the
-    mean (``batch_hard_valid_anchors``).  The hardest pairs are selected on
-    d² = ‖x_g‖² + ‖x_c‖² − 2 x_g·x_c from the block product (compute dtype), then
-    their distances are recomputed exactly (float64) for the loss and the gradient.
-    """
-    X = embeddings
-    n, dim = X.shape
-    coef = plan.coefficients(coef, n)
-    lab = plan.label_codes(labels)[0]
-    sq = np.empty(n)
-    _sqnorms(_row_threads(X.size))(X, sq)
-    hp = np.empty(n, np.int64)
-    hn = np.empty(n, np.int64)
-    b = _block_rows(n, n, X.itemsize, block_rows)
-    flat = np.empty(b * n, X.dtype)
-    par = _use_threads(b * n)
-    for r0 in range(0, n, b):
-        r1 = min(r0 + b, n)
-        S = plan.block_view(flat, r1 - r0, n)
-        plan.matmul_t(X[r0:r1], X, S)
-        _bh_select(par)(S, r0, sq, lab, hp, hn)
-    del flat
-    losses = np.empty(n)
-    cp = np.empty(n)
-    cn = np.empty(n)
-    if need_grad:
-        (grad,) = plan.grad_buffers(out, [X.shape], X.dtype)
-    else:
-        grad = np.empty((0, 0), X.dtype)
-    _bh_finish(_use_threads(X.size))(X, hp, hn, float(margin), bool(squared), coef, need_grad,
-                                     losses, grad, cp, cn)
-    if not need_grad:
-        return losses, None
-    _bh_scatter(X, hp, hn, cp, cn, grad)
-    return losses, (grad,)
+def batch_hard_triplet(embeddings, labels, **kwargs):
+    """Batch-hard triplet loss; see :func:`numbaloss.reference.embedding.batch_hard_triplet`
+    (driver: :func:`numbaloss._pairwise_plan.batch_hard_triplet`)."""
+    return plan.batch_hard_triplet(_KERNELS, embeddings, labels, **kwargs)
 
 
 # --- InfoNCE ----------------------------------------------------------------
 
-def info_nce(anchor, positive, negatives=None, *, temperature=0.1, similarity="cosine",
-             coef=None, need_grad=True, out=None, block_rows=None):
-    """InfoNCE; see :func:`numbaloss.reference.embedding.info_nce`.
-
-    In-batch and shared negatives: row blocks of b anchors, S = A_R·Pᵀ (or A_R·Nᵀ),
-    then G̃_R·P → g̃A_R and G̃_Rᵀ·A_R accumulated into g̃P (g̃N): 3 GEMMs.  Per-anchor
-    negatives (N, M, D): one fused kernel per anchor (no GEMM to be had).
-    """
-    A, P = anchor, positive
-    n, dim = A.shape
-    dt = A.dtype
-    coef = plan.coefficients(coef, n)
-    tau = float(temperature)
-    cosine = similarity == "cosine"
-    losses = np.empty(n)
-
-    if negatives is not None and negatives.ndim == 3:
-        Q = negatives
-        if need_grad:
-            grads = plan.grad_buffers(out, [A.shape, P.shape, Q.shape], dt)
-            gA, gP, gQ = grads
-        else:
-            grads = None
-            gA = gP = np.empty((0, 0), dt)
-            gQ = np.empty((0, 0, 0), dt)
-        _nce_paired(_use_threads(Q.size))(A, P, Q, 1.0 / tau, cosine, coef, need_grad, losses,
-                                          gA, gP, gQ)
-        return losses, grads
-
-    a_norm, a_inv = _norms(A) if cosine else _unit(n)
-    p_norm, p_inv = _norms(P) if cosine else _unit(n)
-    rs = (a_inv / tau).astype(dt)
-    wr = (coef / tau * a_inv).astype(dt)
-    shapes = [A.shape, P.shape] + ([] if negatives is None else [negatives.shape])
-    if need_grad:
-        grads = plan.grad_buffers(out, shapes, dt)
-    else:
-        grads = None
-
-    if negatives is None:
-        K = P                                   # the columns: the other positives
-        k_norm, k_inv = p_norm, p_inv
-    else:
-        K = negatives
-        k_norm, k_inv = _norms(K) if cosine else _unit(K.shape[0])
-        cp = p_inv.astype(dt)
-        gpos = np.empty(n, dt)
-    cs = k_inv.astype(dt)
-    n_cols = K.shape[0]
-    b = _block_rows(n, n_cols, A.itemsize, block_rows)
-    flat = np.empty(b * n_cols, dt)
-    par = _use_threads(b * n_cols)
-    if need_grad:
-        gA = grads[0]
-        gK = grads[1] if negatives is None else grads[2]
-        gK.fill(0)
-        tmp = np.empty(K.shape, dt) if n > b else None
-    for r0 in range(0, n, b):
-        r1 = min(r0 + b, n)
-        S = plan.block_view(flat, r1 - r0, n_cols)
-        plan.matmul_t(A[r0:r1], K, S)
-        if negatives is None:
-            _nce_rows(par)(S, r0, rs, cs, wr, need_grad, losses)
-        else:
-            _nce_shared_rows(par)(S, r0, A, P, rs, cp, cs, wr, need_grad, losses, gpos)
-        if not need_grad:
-            continue
-        np.matmul(S, K, out=gA[r0:r1])
-        if r0 == 0:
-            np.matmul(S.T, A[r0:r1], out=gK)
-        else:
-            np.matmul(S.T, A[r0:r1], out=tmp)
-            gK += tmp
-    if not need_grad:
-        return losses, None
-    if negatives is not None:
-        gP = grads[1]
-        np.multiply(gpos[:, None], A, out=gP)
-        gA += gpos[:, None] * P
-    if cosine:
-        _project(A, grads[0], a_inv, a_norm)
-        _project(P, grads[1], p_inv, p_norm)
-        if negatives is not None:
-            _project(K, grads[2], k_inv, k_norm)
-    return losses, grads
+def info_nce(anchor, positive, negatives=None, **kwargs):
+    """InfoNCE; see :func:`numbaloss.reference.embedding.info_nce` (driver:
+    :func:`numbaloss._pairwise_plan.info_nce`)."""
+    return plan.info_nce(_KERNELS, anchor, positive, negatives, **kwargs)
 
 
 # --- SupCon / NT-Xent -------------------------------------------------------
@@ -1166,6 +1051,10 @@ def _contrastive(views, n_samples, lab, n_classes, npos, kappa, tau, coef, norma
     for v, X in enumerate(views):
         sl = slice(v * n_samples, (v + 1) * n_samples)
         _unit_rows(_row_threads(X.size))(X, normalize, norm[sl], U[sl])
+        huge = plan.repair_norms(X, norm[sl])      # (float64 rows of entries ≳ 1e154)
+        if normalize and huge.size:
+            with np.errstate(invalid="ignore"):    # (rows holding ±inf: inf/inf, as the reference)
+                U[sl][huge] = (X[huge].astype(np.float64) / norm[sl][huge, None]).astype(dt)
 
     # the positives: Σ_{p∈P(r)} l_rp from the class sums C_k = Σ_{lab=k} u
     C = np.zeros((n_classes, dim))
@@ -1307,63 +1196,28 @@ def supcon(features, labels=None, *, temperature=0.07, base_temperature=None,
 
 # --- ArcFace / CosFace ------------------------------------------------------
 
-def _margin_softmax(X, labels, W, scale, mode, cos_m, sin_m, th, mm, margin, coef,
-                    need_grad, out, block_rows):
-    n, dim = X.shape
-    n_classes = W.shape[0]
-    dt = X.dtype
-    coef = plan.coefficients(coef, n)
-    lab = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
-    x_norm, x_inv = _norms(X)
-    w_norm, w_inv = _norms(W)
-    tcos = plan.target_cosines(X, W, lab, x_inv, w_inv)
-    rx = x_inv.astype(dt)
-    cw = w_inv.astype(dt)
-    wr = (coef * scale * x_inv).astype(dt)
-    losses = np.empty(n)
-    if need_grad:
-        gX, gW = plan.grad_buffers(out, [X.shape, W.shape], dt)
-        gW.fill(0)
-    b = _block_rows(n, n_classes, X.itemsize, block_rows)
-    flat = np.empty(b * n_classes, dt)
-    par = _use_threads(b * n_classes)
-    tmp = np.empty(W.shape, dt) if (need_grad and n > b) else None
-    for r0 in range(0, n, b):
-        r1 = min(r0 + b, n)
-        S = plan.block_view(flat, r1 - r0, n_classes)
-        plan.matmul_t(X[r0:r1], W, S)
-        _margin_rows(par)(S, r0, lab, tcos, rx, cw, scale, mode, cos_m, sin_m, th, mm, margin, wr,
-                          need_grad, losses)
-        if not need_grad:
-            continue
-        np.matmul(S, W, out=gX[r0:r1])
-        if r0 == 0:
-            np.matmul(S.T, X[r0:r1], out=gW)
-        else:
-            np.matmul(S.T, X[r0:r1], out=tmp)
-            gW += tmp
-    if not need_grad:
-        return losses, None
-    _project(X, gX, x_inv, x_norm)
-    _project(W, gW, w_inv, w_norm)
-    return losses, (gX, gW)
+def arcface(embeddings, labels, weight, **kwargs):
+    """ArcFace; see :func:`numbaloss.reference.embedding.arcface` (driver:
+    :func:`numbaloss._pairwise_plan.margin_softmax`)."""
+    return plan.arcface(_KERNELS, embeddings, labels, weight, **kwargs)
 
 
-def arcface(embeddings, labels, weight, *, s=64.0, m=0.5, easy_margin=False, coef=None,
-            need_grad=True, out=None, block_rows=None):
-    """ArcFace; see :func:`numbaloss.reference.embedding.arcface`.
-
-    Row blocks of b embeddings: S = X_R·Wᵀ, fused margin + CE kernel, G̃·W → g̃X_R and
-    G̃ᵀ·X_R accumulated into g̃W (3 GEMMs of N·C·D).
-    """
-    m = float(m)
-    return _margin_softmax(embeddings, labels, weight, float(s), 1 if easy_margin else 0,
-                           math.cos(m), math.sin(m), math.cos(math.pi - m),
-                           math.sin(math.pi - m) * m, 0.0, coef, need_grad, out, block_rows)
+def cosface(embeddings, labels, weight, **kwargs):
+    """CosFace; see :func:`numbaloss.reference.embedding.cosface` (driver:
+    :func:`numbaloss._pairwise_plan.margin_softmax`)."""
+    return plan.cosface(_KERNELS, embeddings, labels, weight, **kwargs)
 
 
-def cosface(embeddings, labels, weight, *, s=64.0, m=0.4, coef=None, need_grad=True,
-            out=None, block_rows=None):
-    """CosFace; see :func:`numbaloss.reference.embedding.cosface`."""
-    return _margin_softmax(embeddings, labels, weight, float(s), 2, 1.0, 0.0, -1.0, 0.0,
-                           float(m), coef, need_grad, out, block_rows)
+_KERNELS = plan.BlockKernels(
+    sqnorms=_row_sqnorms,
+    project=_project,
+    block_rows=_block_rows,
+    use_threads=_use_threads,
+    nce_rows=lambda par, *args: _nce_rows(par)(*args),
+    nce_shared_rows=lambda par, *args: _nce_shared_rows(par)(*args),
+    nce_paired=lambda par, *args: _nce_paired(par)(*args),
+    margin_rows=lambda par, *args: _margin_rows(par)(*args),
+    bh_select=lambda par, *args: _bh_select(par)(*args),
+    bh_finish=lambda par, *args: _bh_finish(par)(*args),
+    bh_scatter=_bh_scatter,
+)

@@ -78,9 +78,37 @@ def _blocks(n, rows=_ROWS):
         yield slice(start, min(start + rows, n))
 
 
+def row_norms(x):
+    """‖x‖₂ along the last axis (keepdims), finite whenever it is representable.
+
+    A row of finite entries whose sum of squares overflows float64 (entries ≳ 1e154)
+    is divided by its largest magnitude first, as LAPACK's nrm2 does; rows holding
+    ±inf or NaN keep the plain formula's inf / NaN.
+    """
+    with np.errstate(over="ignore"):
+        norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+    overflowed = np.isinf(norm) & np.all(np.isfinite(x), axis=-1, keepdims=True)
+    if np.any(overflowed):
+        top = np.where(overflowed, np.max(np.abs(x), axis=-1, keepdims=True), 1.0)
+        norm = np.where(overflowed, top * np.sqrt(np.sum((x / top) ** 2, axis=-1, keepdims=True)), norm)
+    return norm
+
+
+def distance_scale(norms, dtype):
+    """1 while squared distances between rows, up to (‖a‖ + ‖b‖)² for the largest
+    finite row norm, fit in ``dtype``; else the power of two c that brings that norm
+    just below √max / 2 — no further, so that small rows keep their squares.
+    Distances of c·x are c times those of x, exactly, in the same order."""
+    top = float(np.max(norms[np.isfinite(norms)], initial=0.0))
+    limit = math.sqrt(float(np.finfo(dtype).max)) / 2
+    if top <= limit:
+        return 1.0
+    return float(np.ldexp(1.0, int(np.frexp(limit)[1]) - 1 - int(np.frexp(top)[1])))
+
+
 def _normalize(x):
     """(x / max(‖x‖, 1e-12), ‖x‖) along the last axis."""
-    norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+    norm = row_norms(x)
     return x / np.maximum(norm, NORM_EPS), norm
 
 
@@ -256,8 +284,11 @@ def batch_hard_triplet(embeddings, labels, *, margin=1.0, squared=False, coef=No
     coef = _coef(coef, n)
     hard_pos = np.full(n, -1)
     hard_neg = np.full(n, -1)
+    # the selection only compares distances: it is made on x scaled by a power of two
+    # where squared distances would overflow (embeddings ≳ 1e154)
+    selection = x * distance_scale(row_norms(x)[:, 0], np.float64)
     for blk in _blocks(n, 64):
-        diff = x[blk, None, :] - x[None, :, :]
+        diff = selection[blk, None, :] - selection[None, :, :]
         dist2 = np.sum(diff * diff, axis=-1)
         same = labels[blk, None] == labels[None, :]
         rows = np.arange(blk.start, blk.stop)
@@ -267,14 +298,18 @@ def batch_hard_triplet(embeddings, labels, *, margin=1.0, squared=False, coef=No
         pos_d = np.where(pos_mask, dist2, -np.inf)
         neg_d = np.where(neg_mask, dist2, np.inf)
         hard_pos[blk] = np.where(pos_mask.any(axis=1), np.argmax(pos_d, axis=1), -1)
-        hard_neg[blk] = np.where(neg_mask.any(axis=1), np.argmin(neg_d, axis=1), -1)
+        nearest = np.argmin(neg_d, axis=1)
+        # all negatives at distance inf: argmin's index 0 may be a positive; the first
+        # negative is the nearest then
+        nearest = np.where(neg_mask[np.arange(len(rows)), nearest], nearest, np.argmax(neg_mask, axis=1))
+        hard_neg[blk] = np.where(neg_mask.any(axis=1), nearest, -1)
     valid = (hard_pos >= 0) & (hard_neg >= 0)
     u_p = x - x[np.maximum(hard_pos, 0)]
     u_n = x - x[np.maximum(hard_neg, 0)]
-    d_p = np.sum(u_p * u_p, axis=1)
-    d_n = np.sum(u_n * u_n, axis=1)
-    if not squared:
-        d_p, d_n = np.sqrt(d_p), np.sqrt(d_n)
+    if squared:
+        d_p, d_n = np.sum(u_p * u_p, axis=1), np.sum(u_n * u_n, axis=1)
+    else:
+        d_p, d_n = row_norms(u_p)[:, 0], row_norms(u_n)[:, 0]
     arg = d_p - d_n + margin
     losses = np.where(valid, np.maximum(arg, 0.0), 0.0)
     if not need_grad:
@@ -285,9 +320,11 @@ def batch_hard_triplet(embeddings, labels, *, margin=1.0, squared=False, coef=No
         g_p = np.where(d_p[:, None] > 0, u_p / np.where(d_p > 0, d_p, 1.0)[:, None], 0.0)
         g_n = np.where(d_n[:, None] > 0, u_n / np.where(d_n > 0, d_n, 1.0)[:, None], 0.0)
     c = np.where(valid & (arg >= 0.0), coef, 0.0)[:, None]
-    grad = c * (g_p - g_n)
-    np.add.at(grad, np.maximum(hard_pos, 0), -c * g_p)
-    np.add.at(grad, np.maximum(hard_neg, 0), c * g_n)
+    # an anchor outside the hinge (or with a NaN distance) passes exactly 0, not 0·NaN
+    g_p, g_n = np.where(c != 0.0, c * g_p, 0.0), np.where(c != 0.0, c * g_n, 0.0)
+    grad = g_p - g_n
+    np.add.at(grad, np.maximum(hard_pos, 0), -g_p)
+    np.add.at(grad, np.maximum(hard_neg, 0), g_n)
     return losses, (grad,)
 
 

@@ -49,14 +49,15 @@ def absolute_error(y, z):
 def huber(y, z, delta):
     """Huber (1964): l = ½r² if |r| ≤ δ else δ(|r| − ½δ), r = z − y.
 
-    l′ = r or δ·sign(r);  l″ = 1 inside the quadratic zone, 0 outside.
+    l′ = r or δ·sign(r);  l″ = 1 inside the quadratic zone, 0·r outside (0, or NaN
+    where r is NaN or ±inf, as the compiled loops give it).
     (PyTorch ``huber_loss``.)
     """
     r = _f64(z) - _f64(y)
     inside = np.abs(r) <= delta
     loss = np.where(inside, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta))
     grad = np.where(inside, r, delta * np.sign(r))
-    return loss, grad, inside.astype(np.float64)
+    return loss, grad, np.where(inside, 1.0, 0.0 * r)
 
 
 def _smooth_binary(y, smoothing):

@@ -18,7 +18,7 @@ Run (the first folder receives new inputs; the committed corpus seeds it):
 
     python tests/fuzz/fuzz_validation.py /tmp/new-corpus tests/fuzz/corpus -max_total_time=30
 
-``tests/test_fuzz.py::test_atheris_fuzz_validation`` runs it for 30 s.
+``tests/test_fuzz.py::test_atheris_fuzz_validation`` runs it for 40,000 inputs with a fixed seed.
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ cdef inline (double, double) bce_probs_grad_hess(double y, double z, const doubl
 # ------------------------------------------------------------------ focal loss
 cdef inline (double, double, double, double, double, double) _focal_parts_logits(
         double y, double z) noexcept nogil:
-    """(ce, ce′, ce″, log q, r = q′/q, q″/q) for q = 1 − p_t on a logit."""
+    """(ce, ce′, ce″, q, r = q′/q, q″/q) for q = 1 − p_t on a logit."""
     cdef double e = exp(-fabs(z))
     cdef double log1pe = log1p(e)
     cdef double sp_pos = _max(z, 0.0) + log1pe  # −log(1 − σ(z))
@@ -169,16 +169,12 @@ cdef inline (double, double, double, double, double, double) _focal_parts_logits
     cdef double ce = y * sp_neg + (1.0 - y) * sp_pos
     cdef double dce = s - y
     cdef double d2ce = e / ((1.0 + e) * (1.0 + e))
-    # log q = log(y·σ(−z) + (1 − y)·σ(z)) as a log-add-exp of the two terms
-    cdef double la = _select(y > 0.0, log(y) - sp_pos, -INFINITY)
-    cdef double lb = _select(y < 1.0, log1p(-y) - sp_neg, -INFINITY)
-    cdef double hi = _max(la, lb)
-    cdef double lo = _min(la, lb)
-    cdef double log_q = _select(lo > -INFINITY, hi + log1p(exp(lo - hi)), hi)
+    # q = y·σ(−z) + (1 − y)·σ(z): two non-negative terms, each accurate (points.py)
+    cdef double q = y * om + (1.0 - y) * s
     cdef double inv = _select(y > 0.0, y / s, 0.0) + _select(y < 1.0, (1.0 - y) / om, 0.0)
     cdef double r = (1.0 - 2.0 * y) / inv
     r = _select(fabs(r) < INFINITY, r, 0.0)  # not isfinite(r): 0
-    return ce, dce, d2ce, log_q, r, r * (1.0 - 2.0 * s)
+    return ce, dce, d2ce, q, r, r * (1.0 - 2.0 * s)
 
 
 cdef inline (double, double, double, double, double, double) _focal_parts_probs(
@@ -189,51 +185,80 @@ cdef inline (double, double, double, double, double, double) _focal_parts_probs(
     cdef double dce = -y / q_p + (1.0 - y) / om
     cdef double d2ce = y / (q_p * q_p) + (1.0 - y) / (om * om)
     cdef double q = y * om + (1.0 - y) * q_p
-    return ce, dce, d2ce, log(q), (1.0 - 2.0 * y) / q, 0.0
+    return ce, dce, d2ce, q, (1.0 - 2.0 * y) / q, 0.0
 
 
-cdef inline double _modulation(double gamma, double log_q) noexcept nogil:
-    return _select(gamma == 0.0, 1.0, exp(gamma * log_q))
+cdef inline double _modulation(double gamma, double q, bint gamma_is_2) noexcept nogil:
+    """q^γ; ``gamma_is_2`` (a constant in each caller): q·q, without exp(γ log q)."""
+    if gamma_is_2:
+        return q * q
+    return _select(gamma == 0.0, 1.0, exp(gamma * log(q)))
+
+
+cdef inline (double, double) _focal_value_grad(double alpha_t, double gamma, double ce, double dce,
+                                               double q, double r, bint gamma_is_2) noexcept nogil:
+    """(l, l′): l = α_t·q^γ·ce."""
+    cdef double m = alpha_t * _modulation(gamma, q, gamma_is_2)
+    return m * ce, m * (gamma * r * ce + dce)
+
+
+cdef inline (double, double) _focal_grad_hess(double alpha_t, double gamma, double ce, double dce,
+                                              double d2ce, double q, double r, double r2,
+                                              bint gamma_is_2) noexcept nogil:
+    """(l′, l″), as ``_focal_value_grad``."""
+    cdef double m = alpha_t * _modulation(gamma, q, gamma_is_2)
+    cdef double hess = m * (gamma * gamma * r * r * ce + 2.0 * gamma * r * dce
+                            + gamma * (r2 - r * r) * ce + d2ce)
+    return m * (gamma * r * ce + dce), hess
 
 
 cdef inline (double, double) focal_logits_value_grad(double y, double z, const double* p) noexcept nogil:
-    cdef double alpha_t = p[0] * y + p[1] * (1.0 - y)
-    cdef double gamma = p[2]
-    cdef double ce, dce, d2ce, log_q, r, r2
-    ce, dce, d2ce, log_q, r, r2 = _focal_parts_logits(y, z)
-    cdef double m = alpha_t * _modulation(gamma, log_q)
-    return m * ce, m * (gamma * r * ce + dce)
+    cdef double ce, dce, d2ce, q, r, r2
+    ce, dce, d2ce, q, r, r2 = _focal_parts_logits(y, z)
+    return _focal_value_grad(p[0] * y + p[1] * (1.0 - y), p[2], ce, dce, q, r, False)
 
 
 cdef inline (double, double) focal_logits_grad_hess(double y, double z, const double* p) noexcept nogil:
-    cdef double alpha_t = p[0] * y + p[1] * (1.0 - y)
-    cdef double gamma = p[2]
-    cdef double ce, dce, d2ce, log_q, r, r2
-    ce, dce, d2ce, log_q, r, r2 = _focal_parts_logits(y, z)
-    cdef double m = alpha_t * _modulation(gamma, log_q)
-    cdef double hess = m * (gamma * gamma * r * r * ce + 2.0 * gamma * r * dce
-                            + gamma * (r2 - r * r) * ce + d2ce)
-    return m * (gamma * r * ce + dce), hess
+    cdef double ce, dce, d2ce, q, r, r2
+    ce, dce, d2ce, q, r, r2 = _focal_parts_logits(y, z)
+    return _focal_grad_hess(p[0] * y + p[1] * (1.0 - y), p[2], ce, dce, d2ce, q, r, r2, False)
 
 
 cdef inline (double, double) focal_probs_value_grad(double y, double z, const double* p) noexcept nogil:
-    cdef double alpha_t = p[0] * y + p[1] * (1.0 - y)
-    cdef double gamma = p[2]
-    cdef double ce, dce, d2ce, log_q, r, r2
-    ce, dce, d2ce, log_q, r, r2 = _focal_parts_probs(y, z, p[3])
-    cdef double m = alpha_t * _modulation(gamma, log_q)
-    return m * ce, m * (gamma * r * ce + dce)
+    cdef double ce, dce, d2ce, q, r, r2
+    ce, dce, d2ce, q, r, r2 = _focal_parts_probs(y, z, p[3])
+    return _focal_value_grad(p[0] * y + p[1] * (1.0 - y), p[2], ce, dce, q, r, False)
 
 
 cdef inline (double, double) focal_probs_grad_hess(double y, double z, const double* p) noexcept nogil:
-    cdef double alpha_t = p[0] * y + p[1] * (1.0 - y)
-    cdef double gamma = p[2]
-    cdef double ce, dce, d2ce, log_q, r, r2
-    ce, dce, d2ce, log_q, r, r2 = _focal_parts_probs(y, z, p[3])
-    cdef double m = alpha_t * _modulation(gamma, log_q)
-    cdef double hess = m * (gamma * gamma * r * r * ce + 2.0 * gamma * r * dce
-                            + gamma * (r2 - r * r) * ce + d2ce)
-    return m * (gamma * r * ce + dce), hess
+    cdef double ce, dce, d2ce, q, r, r2
+    ce, dce, d2ce, q, r, r2 = _focal_parts_probs(y, z, p[3])
+    return _focal_grad_hess(p[0] * y + p[1] * (1.0 - y), p[2], ce, dce, d2ce, q, r, r2, False)
+
+
+# The focal terms for γ = 2 (``numbaloss._term_variants``): two transcendentals fewer.
+cdef inline (double, double) focal_logits_gamma2_value_grad(double y, double z, const double* p) noexcept nogil:
+    cdef double ce, dce, d2ce, q, r, r2
+    ce, dce, d2ce, q, r, r2 = _focal_parts_logits(y, z)
+    return _focal_value_grad(p[0] * y + p[1] * (1.0 - y), 2.0, ce, dce, q, r, True)
+
+
+cdef inline (double, double) focal_logits_gamma2_grad_hess(double y, double z, const double* p) noexcept nogil:
+    cdef double ce, dce, d2ce, q, r, r2
+    ce, dce, d2ce, q, r, r2 = _focal_parts_logits(y, z)
+    return _focal_grad_hess(p[0] * y + p[1] * (1.0 - y), 2.0, ce, dce, d2ce, q, r, r2, True)
+
+
+cdef inline (double, double) focal_probs_gamma2_value_grad(double y, double z, const double* p) noexcept nogil:
+    cdef double ce, dce, d2ce, q, r, r2
+    ce, dce, d2ce, q, r, r2 = _focal_parts_probs(y, z, p[3])
+    return _focal_value_grad(p[0] * y + p[1] * (1.0 - y), 2.0, ce, dce, q, r, True)
+
+
+cdef inline (double, double) focal_probs_gamma2_grad_hess(double y, double z, const double* p) noexcept nogil:
+    cdef double ce, dce, d2ce, q, r, r2
+    ce, dce, d2ce, q, r, r2 = _focal_parts_probs(y, z, p[3])
+    return _focal_grad_hess(p[0] * y + p[1] * (1.0 - y), 2.0, ce, dce, d2ce, q, r, r2, True)
 
 
 # ------------------------------------------- terms with a constant target (GAN)

@@ -76,6 +76,10 @@ ctypedef struct FocalLogits:
     char tag
 ctypedef struct FocalProbs:
     char tag
+ctypedef struct FocalLogitsGamma2:
+    char tag
+ctypedef struct FocalProbsGamma2:
+    char tag
 ctypedef struct SquaredErrorToConstant:
     char tag
 ctypedef struct BceLogitsToConstant:
@@ -91,6 +95,8 @@ ctypedef fused Term:
     BceProbs
     FocalLogits
     FocalProbs
+    FocalLogitsGamma2
+    FocalProbsGamma2
     SquaredErrorToConstant
     BceLogitsToConstant
     BceProbsToConstant
@@ -107,6 +113,8 @@ TERMS = {
     "squared_error_to_constant": (7, False),
     "bce_logits_to_constant": (8, False),
     "bce_probs_to_constant": (9, False),
+    "focal_logits_gamma2": (10, True),
+    "focal_probs_gamma2": (11, True),
 }
 
 _NO_HESSIAN = frozenset(term_id for term_id, has_hessian in TERMS.values() if not has_hessian)
@@ -131,6 +139,10 @@ cdef inline (double, double) _value_grad(Term* t, double y, double z, const doub
         return focal_logits_value_grad(y, z, p)
     elif Term is FocalProbs:
         return focal_probs_value_grad(y, z, p)
+    elif Term is FocalLogitsGamma2:
+        return focal_logits_gamma2_value_grad(y, z, p)
+    elif Term is FocalProbsGamma2:
+        return focal_probs_gamma2_value_grad(y, z, p)
     elif Term is SquaredErrorToConstant:
         return squared_error_to_constant_value_grad(y, z, p)
     elif Term is BceLogitsToConstant:
@@ -154,6 +166,10 @@ cdef inline (double, double) _grad_hess(Term* t, double y, double z, const doubl
         return focal_logits_grad_hess(y, z, p)
     elif Term is FocalProbs:
         return focal_probs_grad_hess(y, z, p)
+    elif Term is FocalLogitsGamma2:
+        return focal_logits_gamma2_grad_hess(y, z, p)
+    elif Term is FocalProbsGamma2:
+        return focal_probs_gamma2_grad_hess(y, z, p)
     else:  # constant-target terms have no Hessian; ``run`` refuses before getting here
         return NAN, NAN
 
@@ -495,6 +511,10 @@ cdef (double, int) _dispatch(int term, int mode, const target_t* yp, const float
         return _run(<FocalLogits*>NULL, mode, yp, zp, n, a, op, gp, hp, n_threads)
     elif term == 6:
         return _run(<FocalProbs*>NULL, mode, yp, zp, n, a, op, gp, hp, n_threads)
+    elif term == 10:
+        return _run(<FocalLogitsGamma2*>NULL, mode, yp, zp, n, a, op, gp, hp, n_threads)
+    elif term == 11:
+        return _run(<FocalProbsGamma2*>NULL, mode, yp, zp, n, a, op, gp, hp, n_threads)
     if target_t is uint8_t:
         return 0.0, -2
     else:

@@ -672,6 +672,23 @@ def _bh_finish(const floating[:, ::1] X, const int64_t[::1] hp, const int64_t[::
                                  &grad[g, 0] if need_grad else NULL, &cp[g], &cn[g])
 
 
+cdef inline double _rescaled_distance(const floating* x, const floating* y, Py_ssize_t dim) noexcept nogil:
+    """‖x − y‖ (float64) where the sum of squares overflowed or is NaN: scaled by the
+    largest |difference| first (inf or NaN when that is)."""
+    cdef double big = 0.0, a, s = 0.0, v
+    cdef Py_ssize_t k
+    for k in range(dim):
+        a = fabs(<double>x[k] - <double>y[k])
+        if a > big or a != a:
+            big = a
+    if big == 0.0 or not isfinite(big):
+        return big
+    for k in range(dim):
+        v = (<double>x[k] - <double>y[k]) / big
+        s += v * v
+    return big * sqrt(s)
+
+
 cdef inline double _bh_finish_row(const floating* X, Py_ssize_t dim, Py_ssize_t g, int64_t ip, int64_t ineg,
                                   double margin, bint squared, double coef, bint need_grad, floating* grad,
                                   double* cp, double* cn) noexcept nogil:
@@ -695,8 +712,8 @@ cdef inline double _bh_finish_row(const floating* X, Py_ssize_t dim, Py_ssize_t 
         dp += u * u
         dn += v * v
     if not squared:
-        dp = sqrt(dp)
-        dn = sqrt(dn)
+        dp = sqrt(dp) if dp < INFINITY else _rescaled_distance(x, xp, dim)
+        dn = sqrt(dn) if dn < INFINITY else _rescaled_distance(x, xn, dim)
     arg = dp - dn + margin
     if need_grad:
         c = coef if arg >= 0.0 else 0.0
@@ -771,7 +788,10 @@ cdef inline double _dist(const floating* x, const floating* y, Py_ssize_t dim, d
     cdef Py_ssize_t k
     if squared or p == 2.0:
         s = _sum_diff(x, y, dim, eps, True)
-        return s if squared else sqrt(s)
+        if squared or s < INFINITY:
+            return s if squared else sqrt(s)
+        # the squares overflowed (or a NaN): scaled by the largest |v|, as for general p
+        s = 0.0
     if p == 1.0:
         return _sum_diff(x, y, dim, eps, False)
     for k in range(dim):
@@ -991,6 +1011,10 @@ def _contrastive(Z, lab, n_classes, npos, kappa, tau, coef, normalize, gZ, block
     _class_sums(Z, lab, inv, C)
     psum = np.empty(n)
     _pos_logit_sums(Z, lab, inv / tau, inv, sq, C, psum, par_rows)
+    dominant = np.empty(0, np.int64) if normalize else _plan.self_dominated_rows(norm, lab, n_classes, valid)
+    if dominant.size:
+        positives, _ = _plan.positive_sums(Z, lab, dominant)
+        psum[dominant] = np.einsum("ij,ij->i", Z[dominant].astype(np.float64), positives) / tau
 
     # the log-sum-exp over A(r) and the softmax part of the gradient
     _contrastive_tiles(Z, T, rs, cs, wr, psum, ipos, valid, kappa, losses, gZ)
@@ -1000,7 +1024,11 @@ def _contrastive(Z, lab, n_classes, npos, kappa, tau, coef, normalize, gZ, block
     wrip = w64 * ipos
     B = np.zeros((n_classes, dim))
     _class_sums(Z, lab, wrip, B)
+    softmax_part = gZ[dominant].astype(np.float64)
     _pos_grad(Z, lab, wrip, inv, C, B, gZ, par_rows)
+    if dominant.size:    # (no normalisation here)
+        positives, weighted = _plan.positive_sums(Z, lab, dominant, wrip)
+        gZ[dominant] = softmax_part - wrip[dominant, None] * positives - weighted
     if normalize:
         _project(Z, gZ, inv, norm)
         _plan.unscale_rows(gZ, z_scale)

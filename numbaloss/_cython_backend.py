@@ -23,7 +23,7 @@ That keeps the compiled specialisations to term × 4 (target, prediction) dtype
 pairs, which the compile time of the extensions (every point function inlined in
 every loop) needs.
 
-Instruction sets: setup.py builds the elementwise and the embedding-loss loops as
+Instruction sets: setup.py builds the elementwise, softmax and embedding-loss loops as
 baseline modules and, on x86-64, as AVX2 and AVX-512 copies; the widest copy the CPU
 runs is used (see ``isa()``; ``NUMBALOSS_CYTHON_ISA=avx2`` or ``baseline`` caps the
 choice).
@@ -38,6 +38,7 @@ import numpy as np
 
 from . import _config
 from ._config import BackendUnavailableError
+from ._term_variants import specialised
 
 name = "cython"
 
@@ -88,6 +89,7 @@ def _isa_variant(module):
 if _import_error is None:
     _elementwise = _isa_variant(_elementwise)
     _pairwise = _isa_variant(_pairwise)
+    _softmax = _isa_variant(_softmax)
 
 _threads: int | None = None
 _EMPTY_WEIGHTS = np.empty(0, dtype=np.float64)
@@ -176,7 +178,7 @@ def elementwise(term, params, bounds, y, z, w, m, mode, scale, out_value, grad, 
     "grad_hess": fills ``grad`` and ``hess`` with wᵢ·l′, wᵢ·l″.
     Returns (total or 0.0, domain flags).
     """
-    entry = _elementwise.TERMS.get(term)
+    entry = _elementwise.TERMS.get(specialised(term, params))
     if entry is None:
         raise NotImplementedError(
             f"the cython backend has no loop for the term {term!r}: add its point functions to "

@@ -213,24 +213,18 @@ def batch_hard_triplet(kernels, embeddings, labels, *, margin=1.0, squared=False
 
     Anchors without a positive or a negative get loss 0 (``batch_hard_valid_anchors``).
     The hardest pairs are selected on d² = ‖x_g‖² + ‖x_c‖² − 2 x_g·x_c from the block
-    product (compute dtype); their distances are then recomputed exactly (float64).
-    Where d² could overflow the dtype, all of it runs on c·X (c a power of two,
-    ``distance_scale``): d(c·x) = c·d(x), so the losses are those of c·X with margin
-    c^p·m divided by c^p and the gradients those of c·X divided by c^(p−1) (p = 2 for
-    squared distances, else 1).
+    product (compute dtype) — of c·X where those could overflow the dtype (c a power
+    of two, ``distance_scale``: the same order) — and their distances are then
+    recomputed exactly from X (float64, rescaled where the squares overflow).
     """
     X = embeddings
     n = X.shape[0]
     dt = X.dtype
     coef = coefficients(coef, n)
     lab = label_codes(labels)[0]
-    sq = kernels.sqnorms(X)
-    power = 2 if squared else 1
     c = distance_scale(norms(kernels, X), dt)
-    e = 1 - int(np.frexp(c)[1])               # c = 2^−e; ldexp scales without under/overflow traps
-    if c != 1.0:
-        X = (X.astype(np.float64) * c).astype(dt)
-        sq = kernels.sqnorms(X)
+    selection = X if c == 1.0 else (X.astype(np.float64) * c).astype(dt)
+    sq = kernels.sqnorms(selection)
     hp = np.empty(n, np.int64)
     hn = np.empty(n, np.int64)
     b = kernels.block_rows(n, n, X.itemsize, block_rows)
@@ -239,22 +233,18 @@ def batch_hard_triplet(kernels, embeddings, labels, *, margin=1.0, squared=False
     for r0 in range(0, n, b):
         r1 = min(r0 + b, n)
         S = block_view(flat, r1 - r0, n)
-        matmul_t(X[r0:r1], X, S)
+        matmul_t(selection[r0:r1], selection, S)
         kernels.bh_select(par, S, r0, sq, lab, hp, hn)
-    del flat
+    del flat, selection
     losses = np.empty(n)
     cp = np.empty(n)
     cn = np.empty(n)
     grad = grad_buffers(out, [X.shape], dt)[0] if need_grad else np.empty((0, 0), dt)
-    kernels.bh_finish(kernels.use_threads(X.size), X, hp, hn, math.ldexp(float(margin), -e * power), bool(squared),
-                      coef, bool(need_grad), losses, grad, cp, cn)
-    if c != 1.0:
-        losses[...] = np.ldexp(losses, e * power)
+    kernels.bh_finish(kernels.use_threads(X.size), X, hp, hn, float(margin), bool(squared), coef,
+                      bool(need_grad), losses, grad, cp, cn)
     if not need_grad:
         return losses, None
     kernels.bh_scatter(X, hp, hn, cp, cn, grad)
-    if c != 1.0 and squared:
-        grad[...] = np.ldexp(grad.astype(np.float64), e)
     return losses, (grad,)
 
 
@@ -413,3 +403,34 @@ def cosface(kernels, embeddings, labels, weight, *, s=64.0, m=0.4, coef=None, ne
     """CosFace; see :func:`numbaloss.reference.embedding.cosface` (:func:`margin_softmax`)."""
     return margin_softmax(kernels, embeddings, labels, weight, float(s), 2, 1.0, 0.0, -1.0, 0.0,
                           float(m), coef, need_grad, out, block_rows)
+
+
+# ---------------------------------------------------------------------------
+# SupCon / NT-Xent: positives of rows that dwarf their class
+# ---------------------------------------------------------------------------
+
+def self_dominated_rows(norm, lab, n_classes, valid):
+    """The anchors whose norm is above 10⁶ times the sum of the other norms of their
+    class.  The kernels take Σ_{p∈P(r)} u_p as the class sum less u_r; for such a
+    row (SupCon without normalisation, rows of very different norms) that difference
+    cancels the other rows away, so its positives are summed directly instead
+    (:func:`positive_sums`).  Rare: at most about one row per class."""
+    class_norms = np.bincount(lab, weights=norm, minlength=n_classes)
+    with np.errstate(invalid="ignore"):
+        others = class_norms[lab] - norm
+        return np.flatnonzero(valid & np.isfinite(norm) & (norm > 0) & (others < 1e-6 * norm))
+
+
+def positive_sums(U, lab, rows, weights=None):
+    """For each anchor r of ``rows``: Σ_{p∈P(r)} u_p, and with ``weights`` also
+    Σ_{p∈P(r)} weights_p·u_p, in float64, summed over the other rows of r's class."""
+    plain = np.empty((rows.size, U.shape[1]))
+    weighted = np.empty_like(plain) if weights is not None else None
+    for i, r in enumerate(rows):
+        members = np.flatnonzero(lab == lab[r])
+        members = members[members != r]
+        rows_of_class = U[members].astype(np.float64)
+        plain[i] = rows_of_class.sum(axis=0)
+        if weights is not None:
+            weighted[i] = weights[members] @ rows_of_class
+    return plain, weighted

@@ -281,14 +281,48 @@ def test_float32_dot_products_beyond_float32(backend):
     rng = np.random.default_rng(5)
     a, p = rng.standard_normal((2, 4, 3)).astype(np.float32)
     p[1] = -3e38
-    # (supcon without normalisation widens too, but there a row's positive logits come
-    # from class sums minus its self-similarity, which rows of such different norms
-    # cancel away: an open precision issue)
     for loss, inputs, kwargs in [(nl.info_nce, (a, p), dict(similarity="dot", temperature=0.5)),
-                                 (nl.supcon, (np.concatenate([p, p]), None), dict(normalize=False))]:
+                                 (nl.supcon, (np.concatenate([a, p]), np.array([0, 1, 2, 3] * 2)),
+                                  dict(normalize=False, temperature=0.5))]:
         value, grad = loss.value_and_grad(*inputs, backend=backend, reduction="sum", **kwargs)
         ref_value, ref_grad = loss.value_and_grad(*inputs, backend="numpy", reduction="sum", **kwargs)
         np.testing.assert_allclose(value, ref_value, rtol=1e-6, atol=1e-6)
         for g, r in zip(as_tuple(grad), as_tuple(ref_grad)):
             assert g.dtype == np.float32
             np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_triplet_with_huge_distances(dtype, backend):
+    """loss(2^k·(a, p, n), margin·2^k) = 2^k·loss(a, p, n, margin) with p = 2, where
+    the squares of the differences overflow float64; the gradients are equal."""
+    rng = np.random.default_rng(4)
+    a, p, n = rng.standard_normal((3, 6, 5)).astype(dtype)
+    k = 100 if dtype == np.float32 else 520
+    big = [np.ldexp(x, k) for x in (a, p, n)]
+    value, grads = nl.triplet.value_and_grad(a, p, n, margin=0.5, eps=0.0, backend=backend, reduction="none")
+    big_value, big_grads = nl.triplet.value_and_grad(*big, margin=float(np.ldexp(0.5, k)), eps=0.0,
+                                                     backend=backend, reduction="none")
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(np.ldexp(big_value.astype(np.float64), -k), value, rtol=rtol)
+    for g, big_g in zip(grads, big_grads):
+        np.testing.assert_allclose(big_g, g, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ratio", [1e7, 1e30])
+def test_supcon_without_normalisation_and_a_dominant_row(ratio, backend):
+    """A row whose norm dwarfs the rest of its class: its positive logits and the
+    positives' share of its gradient are summed directly, not as its class sum less
+    itself (which cancels the other rows away)."""
+    rng = np.random.default_rng(6)
+    features = rng.standard_normal((8, 3))
+    features[5] *= ratio
+    labels = np.array([0, 1, 2, 3] * 2)
+    value, grad = nl.supcon.value_and_grad(features, labels, normalize=False, temperature=0.5,
+                                           backend=backend, reduction="none")
+    ref_value, ref_grad = nl.supcon.value_and_grad(features, labels, normalize=False, temperature=0.5,
+                                                   backend="numpy", reduction="none")
+    np.testing.assert_allclose(value, ref_value, rtol=1e-9)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-9, atol=1e-9 * np.abs(ref_grad).max())

@@ -76,6 +76,7 @@ from numba import cuda, float64, int64, njit
 from numba.core.dispatcher import Dispatcher
 
 from .._numba import points as _points
+from .._term_variants import SPECIAL_CASES
 from .._numba import softmax as _softmax
 
 try:  # the CPU polynomial math, if present (the CUDA kernels map it back to libdevice)
@@ -475,9 +476,9 @@ def tile(src, dst):
 
 def all_elementwise_terms() -> list[str]:
     """Every term that has point functions in ``points.py``, except the CPU loops'
-    replacements for special parameter values (``points.SPECIAL_CASES``): the
+    replacements for special parameter values (``numbaloss._term_variants``): the
     kernels here run the general terms."""
-    cpu_only = {replacement for _, _, replacement in getattr(_points, "SPECIAL_CASES", {}).values()}
+    cpu_only = {replacement for _, _, replacement in SPECIAL_CASES.values()}
     return sorted(name[: -len("_value_grad")] for name in dir(_points)
                   if name.endswith("_value_grad") and not name.startswith("_")
                   and name[: -len("_value_grad")] not in cpu_only)

@@ -50,7 +50,7 @@ import math
 import numpy as np
 from numba import cuda, float64, int64, njit
 
-from ..reference.embedding import NORM_EPS, SIN_EPS
+from ..reference.embedding import NORM_EPS, SIN_EPS, distance_scale
 from . import backend as _b
 from . import kernels as _k
 
@@ -334,6 +334,24 @@ def hardest_pairs(S, r0, sq, labels, hard_pos, hard_neg):
             hard_neg[r] = idx_n
 
 
+@device_function
+def rescaled_distance(X, g, j):
+    """‖X[g] − X[j]‖ (float64) where the sum of squares overflowed or is NaN: scaled by
+    the largest |difference| first (inf or NaN when that is)."""
+    big = 0.0
+    for k in range(X.shape[1]):
+        a = abs(float64(X[g, k]) - float64(X[j, k]))
+        if a > big or a != a:
+            big = a
+    if big == 0.0 or not math.isfinite(big):
+        return big
+    s = 0.0
+    for k in range(X.shape[1]):
+        v = (float64(X[g, k]) - float64(X[j, k])) / big
+        s += v * v
+    return big * math.sqrt(s)
+
+
 @cuda.jit
 def batch_hard_finish(X, hard_pos, hard_neg, margin, squared, coef, need_grad, loss, grad):
     """Per anchor: exact distances to its hardest pair, the loss, and the gradient
@@ -354,11 +372,11 @@ def batch_hard_finish(X, hard_pos, hard_neg, margin, squared, coef, need_grad, l
             u = xr - float64(X[hn, k])
             d_n += u * u
         if not squared:
-            d_p = math.sqrt(d_p)
-            d_n = math.sqrt(d_n)
+            d_p = math.sqrt(d_p) if d_p < math.inf else rescaled_distance(X, r, hp)
+            d_n = math.sqrt(d_n) if d_n < math.inf else rescaled_distance(X, r, hn)
         arg = d_p - d_n + margin
         loss[r] = max(arg, 0.0)
-        if not need_grad or arg < 0.0:
+        if not need_grad or not arg >= 0.0:   # (a NaN distance passes 0, as in the reference)
             continue
         c = coef[r]
         if squared:
@@ -387,7 +405,9 @@ def triplet_distance(X, Y, i, eps, p, squared):
         for k in range(dim):
             v = float64(X[i, k]) - float64(Y[i, k]) + eps
             s += v * v
-        return s if squared else math.sqrt(s)
+        if squared or s < math.inf:
+            return s if squared else math.sqrt(s)
+        # the squares overflowed (or a NaN): scaled by the largest |v|, as for general p
     if p == 1.0:
         s = 0.0
         for k in range(dim):
@@ -395,8 +415,10 @@ def triplet_distance(X, Y, i, eps, p, squared):
         return s
     big = 0.0
     for k in range(dim):
-        big = max(big, abs(float64(X[i, k]) - float64(Y[i, k]) + eps))
-    if math.isinf(p) or big == 0.0:
+        a = abs(float64(X[i, k]) - float64(Y[i, k]) + eps)
+        if a > big or a != a:   # max() would skip a NaN; once NaN, big stays NaN
+            big = a
+    if math.isinf(p) or big == 0.0 or not math.isfinite(big):
         return big
     s = 0.0
     for k in range(dim):
@@ -464,15 +486,33 @@ def triplet_rows(A, P, Q, margin, p, eps, swap, squared, coef, need_grad, loss, 
 
 
 # ------------------------------------------------------------ row-wise helpers
+@device_function
+def row_norm(X, r):
+    """‖X[r]‖ in float64, as the reference's ``row_norms``: a row of finite entries
+    whose sum of squares overflows (≳ 1e154) is scaled by its largest |x| first."""
+    s = 0.0
+    for k in range(X.shape[1]):
+        x = float64(X[r, k])
+        s += x * x
+    if not s == math.inf:
+        return math.sqrt(s)
+    big = 0.0
+    for k in range(X.shape[1]):
+        big = max(big, abs(float64(X[r, k])))
+    if big == math.inf:
+        return big
+    s = 0.0
+    for k in range(X.shape[1]):
+        x = float64(X[r, k]) / big
+        s += x * x
+    return big * math.sqrt(s)
+
+
 @cuda.jit
 def normalize_rows(X, U, norms):
     """U[r] = X[r] / max(‖X[r]‖, 1e-12), norms[r] = ‖X[r]‖ (float64); one thread a row."""
     for r in range(cuda.grid(1), X.shape[0], cuda.gridsize(1)):
-        s = 0.0
-        for k in range(X.shape[1]):
-            x = float64(X[r, k])
-            s += x * x
-        norm = math.sqrt(s)
+        norm = row_norm(X, r)
         norms[r] = norm
         inv = 1.0 / max(norm, NORM_EPS)
         for k in range(X.shape[1]):
@@ -515,6 +555,23 @@ def add_scaled_rows(G, factors, B):
         r = e // dim
         k = e - r * dim
         G[r, k] += factors[r] * float64(B[r, k])
+
+
+@cuda.jit
+def multiply_rows(G, factors, out):
+    """out[r, k] = factors[r]·G[r, k] (grid-stride over the elements; out may be G)."""
+    dim = G.shape[1]
+    for e in range(cuda.grid(1), G.shape[0] * dim, cuda.gridsize(1)):
+        r = e // dim
+        k = e - r * dim
+        out[r, k] = factors[r] * float64(G[r, k])
+
+
+@cuda.jit
+def row_norms(X, out):
+    """out[r] = ‖X[r]‖ (``row_norm``); one thread a row."""
+    for r in range(cuda.grid(1), X.shape[0], cuda.gridsize(1)):
+        out[r] = row_norm(X, r)
 
 
 @cuda.jit
@@ -595,6 +652,7 @@ KERNELS = {
     "paired_logits": paired_logits, "paired_grad_anchor": paired_grad_anchor,
     "paired_grad_negatives": paired_grad_negatives, "views_to_rows": views_to_rows,
     "rows_to_views": rows_to_views, "zero": zero, "triplet_rows": triplet_rows,
+    "multiply_rows": multiply_rows, "row_norms": row_norms,
 }
 
 
@@ -827,8 +885,17 @@ def batch_hard_triplet(embeddings, labels, *, margin=1.0, squared=False, coef, n
     """Batch-hard triplet; see ``numbaloss.reference.embedding.batch_hard_triplet``."""
     X = embeddings
     n, dim = X.shape
+    # the selection compares distances: on c·X where their squares would overflow
+    # (float64 entries ≳ 1e154), c a power of two (``distance_scale``), as on the CPU
+    norms = _b.empty(n, np.float64)
+    _launch(row_norms, n, X, norms)
+    c = distance_scale(_b.to_host(norms), np.float64)
+    selection = X
+    if c != 1.0:
+        selection = _b.empty(X.shape, X.dtype)
+        _launch(multiply_rows, X.size, X, _b.to_device(np.full(n, c)), selection)
     sq = _b.empty(n, np.float64)
-    _launch(row_dots, n, X, X, sq)
+    _launch(row_dots, n, selection, selection, sq)
     hard_pos = _b.empty(n, np.int64)
     hard_neg = _b.empty(n, np.int64)
     b = _block_rows(n, n)
@@ -836,7 +903,7 @@ def batch_hard_triplet(embeddings, labels, *, margin=1.0, squared=False, coef, n
     for r0 in range(0, n, b):
         rows = min(b, n - r0)
         S = block[:rows]
-        matmul(X, r0, False, X, 0, True, rows, n, dim, S, 0, False)
+        matmul(selection, r0, False, selection, 0, True, rows, n, dim, S, 0, False)
         _launch_rows(hardest_pairs, rows, 2, S, r0, sq, labels, hard_pos, hard_neg)
     loss = _b.empty(n, np.float64)
     grad = _zeros((n, dim) if need_grad else (1, 1))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .._term_variants import specialised
 from . import fastmath, points
 from ._parallel import map_chunks
 from ._specialise import source_hash, specialise
@@ -185,11 +186,9 @@ _TERMS: dict[tuple, TermLoops] = {}
 
 def loops_for(term: str, bounds: tuple, weights: int, params: tuple) -> dict:
     """The loops of ``term`` with parameters ``params`` (those of a cheaper special
-    case, ``points.SPECIAL_CASES``, where they apply); ``weights``: 0 none, 1 one per
+    case, ``numbaloss._term_variants``, where they apply); ``weights``: 0 none, 1 one per
     element, 2 one per row."""
-    special = points.SPECIAL_CASES.get(term)
-    if special is not None and params[special[0]] == special[1]:
-        term = special[2]
+    term = specialised(term, params)
     check_domain = any(abs(b) != np.inf for b in bounds)
     key = (term, check_domain, weights)
     loops = _TERMS.get(key)

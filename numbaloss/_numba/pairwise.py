@@ -698,6 +698,24 @@ def _bh_select(S, r0, sq, lab, hp, hn):
         hn[g] = ineg
 
 
+@njit(inline="always", cache=True)
+def _rescaled_distance(X, g, j):
+    """‖X[g] − X[j]‖ (float64) where the sum of squares overflowed or is NaN: scaled by
+    the largest |difference| first (inf or NaN when that is)."""
+    big = 0.0
+    for k in range(X.shape[1]):
+        a = abs(np.float64(X[g, k]) - np.float64(X[j, k]))
+        if a > big or a != a:
+            big = a
+    if big == 0.0 or not math.isfinite(big):
+        return big
+    s = 0.0
+    for k in range(X.shape[1]):
+        v = (np.float64(X[g, k]) - np.float64(X[j, k])) / big
+        s += v * v
+    return big * math.sqrt(s)
+
+
 @_Kernel
 def _bh_finish(X, hp, hn, margin, squared, coef, need_grad, loss, grad, cp, cn):
     """Exact distances of the selected pairs, losses, the anchors' own gradient rows
@@ -722,8 +740,8 @@ def _bh_finish(X, hp, hn, margin, squared, coef, need_grad, loss, grad, cp, cn):
             dp += u * u
             dn += v * v
         if not squared:
-            dp = math.sqrt(dp)
-            dn = math.sqrt(dn)
+            dp = math.sqrt(dp) if dp < math.inf else _rescaled_distance(X, g, ip)
+            dn = math.sqrt(dn) if dn < math.inf else _rescaled_distance(X, g, ineg)
         arg = dp - dn + margin
         loss[g] = arg if (arg > 0.0 or arg != arg) else 0.0  # NaN propagates
         if need_grad:
@@ -777,7 +795,9 @@ def _dist(X, Y, i, eps, p, squared):
             # of _triplet_rows differently, and a reassociated sum then differed in
             # the last bit with the thread count
             s += v * v
-        return s if squared else math.sqrt(s)
+        if squared or s < math.inf:
+            return s if squared else math.sqrt(s)
+        # the squares overflowed (or a NaN): scaled by the largest |v|, as for general p
     if p == 1.0:
         s = 0.0
         for k in range(dim):
@@ -1061,6 +1081,10 @@ def _contrastive(views, n_samples, lab, n_classes, npos, kappa, tau, coef, norma
     _class_sums(U, lab, np.ones(n), C)
     psum = np.empty(n)
     _pos_logit_sums(_row_threads(U.size))(U, lab, inv_tau, C, psum)
+    dominant = np.empty(0, np.int64) if normalize else plan.self_dominated_rows(norm, lab, n_classes, valid)
+    if dominant.size:
+        positives, _ = plan.positive_sums(U, lab, dominant)
+        psum[dominant] = np.einsum("ij,ij->i", U[dominant].astype(np.float64), positives) * inv_tau
 
     # pass 1: the log-sum-exp over A(r) = all rows but r.  M = max‖u‖²/τ bounds every
     # logit (Cauchy-Schwarz), and every logit is ≥ −M: when 2M is within _SHIFT_SPAN,
@@ -1140,6 +1164,11 @@ def _contrastive(views, n_samples, lab, n_classes, npos, kappa, tau, coef, norma
         sl = slice(v * n_samples, (v + 1) * n_samples)
         _con_finish(_row_threads(gv.size))(U[sl], G[sl], lab[sl], a[sl], C, B, inv[sl],
                                            norm[sl], normalize, gv)
+    if dominant.size:    # (no normalisation here: the gradient is the one w.r.t. u)
+        positives, weighted = plan.positive_sums(U, lab, dominant, a)
+        rows = G[dominant].astype(np.float64) - a[dominant, None] * positives - weighted
+        for r, row in zip(dominant, rows):
+            gviews[r // n_samples][r % n_samples] = row
     return losses
 
 

@@ -217,7 +217,7 @@ def focal_probs_grad_hess(y, z, p):
 
 
 # The focal terms for γ = 2 (the usual choice; p[2] == 2): the CPU loops use them
-# instead of the general ones (``SPECIAL_CASES``), two transcendentals fewer.
+# instead of the general ones (``numbaloss._term_variants``), two transcendentals fewer.
 @point
 def focal_logits_gamma2_value_grad(y, z, p):
     return _focal_value_grad(p[0] * y + p[1] * (1.0 - y), 2.0, _focal_parts_logits(y, z), True)
@@ -236,13 +236,6 @@ def focal_probs_gamma2_value_grad(y, z, p):
 @point
 def focal_probs_gamma2_grad_hess(y, z, p):
     return _focal_grad_hess(p[0] * y + p[1] * (1.0 - y), 2.0, _focal_parts_probs(y, z, p[3]), True)
-
-
-#: term -> (index of a parameter, its value, the term to use instead for that value)
-SPECIAL_CASES = {
-    "focal_logits": (2, 2.0, "focal_logits_gamma2"),
-    "focal_probs": (2, 2.0, "focal_probs_gamma2"),
-}
 
 
 # ------------------------------------------- terms with a constant target (GAN)

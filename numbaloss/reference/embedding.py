@@ -167,7 +167,7 @@ def _pnorm(v, p):
     """‖v‖_p along the last axis, scaled by max|v| so that large p cannot overflow."""
     a = np.abs(v)
     if p == 2.0:
-        return np.sqrt(np.sum(a * a, axis=-1))
+        return row_norms(a)[..., 0]
     if p == 1.0:
         return np.sum(a, axis=-1)
     big = np.max(a, axis=-1)

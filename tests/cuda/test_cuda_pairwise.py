@@ -144,3 +144,29 @@ def test_device_out_buffer_receives_the_gradient():
     assert grads[0] is outs[0] and grads[1] is outs[1]
     assert [device_pointer(g) for g in grads] == addresses
     assert_close(grads, nl.nt_xent.grad(z_i, z_j, backend="numpy"), np.float32)
+
+
+def test_embeddings_of_huge_norm():
+    """float64 rows whose squares overflow (2^520): the cosine losses, batch-hard and
+    triplet give the reference's results (norms as LAPACK's nrm2, distances scaled)."""
+    rng = np.random.default_rng(8)
+    labels = np.array([0, 1, 0, 1, 2, 2])
+    x = rng.standard_normal((6, 4))
+    huge = x.copy()
+    huge[1::2] = np.ldexp(huge[1::2], 520)
+    w = rng.standard_normal((3, 4))
+    calls = [(nl.nt_xent, (huge, rng.standard_normal((6, 4))), {}),
+             (nl.supcon, (huge, labels), {}),
+             (nl.info_nce, (huge, rng.standard_normal((6, 4))), {}),
+             (nl.arcface, (huge, labels, w), {}),
+             (nl.batch_hard_triplet, (huge, labels), {}),
+             (nl.batch_hard_triplet, (huge, labels), {"squared": True}),
+             (nl.triplet, (huge, x, rng.standard_normal((6, 4))), {})]
+    for loss, inputs, kwargs in calls:
+        value, grads = loss.value_and_grad(*inputs, backend="cuda", reduction="none", **kwargs)
+        ref_value, ref_grads = loss.value_and_grad(*inputs, backend="numpy", reduction="none", **kwargs)
+        np.testing.assert_allclose(host(value), ref_value, rtol=1e-9, err_msg=loss.name)
+        for g, r in zip(as_tuple(grads), as_tuple(ref_grads)):
+            # (rows differ by 2^520 in size: compare each row to its own size)
+            size = np.abs(r).max(axis=-1, keepdims=True)
+            assert np.all(np.abs(host(g) - r) <= 1e-9 * size + 1e-300), loss.name

@@ -41,7 +41,7 @@ from setuptools.command.build_ext import build_ext
 HERE = pathlib.Path(__file__).parent
 CEXT = HERE / "_cext"
 #: modules of _cext/ that also get a copy for a wider instruction set
-ISA_MODULES = ("elementwise", "pairwise")
+ISA_MODULES = ("elementwise", "pairwise", "softmax")
 #: suffix of the copy -> compile flags to try in order (gcc/clang)
 ISA_VARIANTS = {
     # exactly the features the modules check at run time (cpu_supports(), _common.pxd)

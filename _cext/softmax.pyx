@@ -19,22 +19,42 @@ classes of a row are added in order (softmax.py lets LLVM reassociate them), and
 glibc's functions are faster than the branch-free ones of ``_fastmath.pxd`` that
 softmax.py uses (measured: cce 1e6×10 in 130 ms against 216 ms on one thread); both
 are accurate to an ulp.
+The integer-label logit kinds (cce_logits_labels, focal_logits_labels) run instead
+as softmax.py's ``label_rows`` does (``_label_rows_chunk``): loops over whole chunks
+that vectorise, with the branch-free exp/log and, for float32 logits, exp_to_float32
+(measured at 10⁶×10 float32, value_and_grad on 2 threads: cce 137 ms → ~40 ms,
+about numba's time, in the AVX-512 copy of setup.py).
 Chunks of rows (about ROW_CHUNK_ELEMENTS elements each) are summed in chunk order,
 serial below PARALLEL_THRESHOLD elements and over OpenMP threads above it.
 """
 
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, exp, isfinite, isnan, log, log1p
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
 from cython cimport floating
 
-from _common cimport (BAD_LABEL, BAD_PREDICTION, BAD_TARGET, PARALLEL_THRESHOLD, ROW_CHUNK_ELEMENTS)
+from _common cimport (BAD_LABEL, BAD_PREDICTION, BAD_TARGET, PARALLEL_THRESHOLD, ROW_CHUNK_ELEMENTS,
+                      numbaloss_cpu_supports_avx2, numbaloss_cpu_supports_avx512)
+from _fastmath cimport exp as fast_exp
+from _fastmath cimport exp_to_float32
+from _fastmath cimport log as fast_log
+from _fastmath cimport log1p as fast_log1p
 from _points cimport _max, _min
 
 #: bumped whenever the call signature of ``run`` changes (the backend checks it)
 API_VERSION = 1
+
+
+def cpu_supports(isa):
+    """Whether this CPU runs the copies of this module built for ``isa`` ("avx2",
+    "avx512"; see setup.py)."""
+    if isa == "avx512":
+        return bool(numbaloss_cpu_supports_avx512())
+    if isa == "avx2":
+        return bool(numbaloss_cpu_supports_avx2())
+    return isa == "baseline"
 
 
 # ------------------------------------------------------------------ kind tags
@@ -248,8 +268,34 @@ cdef inline (double, int) cce_probs_dense(const floating* target, Py_ssize_t i, 
 
 
 # --------------------------------------------------------------------- focal
+# The exp/log of a formula shared by the scalar row loops (the C library's: faster
+# there) and the loops of ``_label_rows_chunk`` that vectorise (``_fastmath.pxd``'s).
+ctypedef struct Libm:
+    char tag
+ctypedef struct Branchfree:
+    char tag
+
+ctypedef fused Math:
+    Libm
+    Branchfree
+
+
+cdef inline double _exp(Math* flavour, double x) noexcept nogil:
+    if Math is Branchfree:
+        return fast_exp(x)
+    else:
+        return exp(x)
+
+
+cdef inline double _log1p(Math* flavour, double x) noexcept nogil:
+    if Math is Branchfree:
+        return fast_log1p(x)
+    else:
+        return log1p(x)
+
+
 cdef inline (double, double, double, double, double) _focal_logit_class(
-        double shifted, double log_total, double log_rest, double gamma) noexcept nogil:
+        Math* flavour, double shifted, double log_total, double log_rest, double gamma) noexcept nogil:
     """For one class with logit zⱼ = m + ``shifted``: (p, log p, u = (1 − p)^γ, B/a,
     dB/dp / a) in log space.
 
@@ -257,10 +303,10 @@ cdef inline (double, double, double, double, double) _focal_logit_class(
     (the arg-max class), or nan to take log1p(−p) (exact for p ≤ ½).
     """
     cdef double logp = shifted - log_total
-    cdef double prob = exp(logp)
-    cdef double log_q = log_rest if not isnan(log_rest) else log1p(-prob)
-    cdef double q = exp(log_q)
-    cdef double u = 1.0 if gamma == 0.0 else exp(gamma * log_q)
+    cdef double prob = _exp(flavour, logp)
+    cdef double log_q = log_rest if not isnan(log_rest) else _log1p(flavour, -prob)
+    cdef double q = _exp(flavour, log_q)
+    cdef double u = 1.0 if gamma == 0.0 else _exp(flavour, gamma * log_q)
     cdef double ratio = logp / q if q > 0.0 else -1.0  # log p / (1 − p) → −1 as p → 1
     cdef double b = u * (1.0 - gamma * prob * ratio)
     cdef double dbdp = gamma * u / q * ((gamma - 1.0) * prob * ratio - logp - 2.0) if q > 0.0 else 0.0
@@ -296,7 +342,7 @@ cdef inline (double, int) _focal_logits_row(const floating* dense, const floatin
         a = alphas[j] * t
         if a == 0.0:
             continue
-        prob, logp, u, b, dbdp = _focal_logit_class(<double>z[j] - m, log_total,
+        prob, logp, u, b, dbdp = _focal_logit_class(<Libm*>NULL, <double>z[j] - m, log_total,
                                                     log_rest if j == arg else NAN, gamma)
         loss -= a * u * logp
         sum_b += a * b
@@ -306,7 +352,7 @@ cdef inline (double, int) _focal_logits_row(const floating* dense, const floatin
     if grad != NULL or hess != NULL:
         for j in range(k):
             a = alphas[j] * _focal_target(dense, j, label)
-            prob, logp, u, b, dbdp = _focal_logit_class(<double>z[j] - m, log_total,
+            prob, logp, u, b, dbdp = _focal_logit_class(<Libm*>NULL, <double>z[j] - m, log_total,
                                                         log_rest if j == arg else NAN, gamma)
             b_j = a * b if a != 0.0 else 0.0
             c_j = a * prob * dbdp if a != 0.0 else 0.0
@@ -395,6 +441,271 @@ cdef inline (double, int) focal_probs_dense(const floating* target, Py_ssize_t i
     return loss, status
 
 
+# ------------------------------------------- integer labels from logits (CPU)
+# The row functions above handle one row with loops over its K classes; for small K
+# those loops are too short to vectorise, so the labelled logit kinds, the common
+# case, run as ``label_rows`` does in softmax.py: per chunk of rows, e^{z − shift}
+# for the whole chunk in one flat loop (``_softmax_block``), then the scalars of each
+# row in one loop over the rows that vectorises its exps and logs
+# (``_from_softmax_rows``), then the gradient rows without exps.  Same formulas and
+# the same branch-free exp/log (and exp_to_float32 for float32 logits) as softmax.py.
+
+#: a row whose Σⱼ e^{zⱼ − M} (M: the maximum of its chunk) is below this, i.e. whose
+#: maximum is more than ~30 below M, gets its own shift (``_softmax_row``): with the
+#: shared one the rounding error of log pⱼ = (zⱼ − M) − log Σ grows with M − zⱼ, and
+#: beyond ~700 the exps underflow (softmax.py's SHARED_SHIFT_MIN_TOTAL)
+cdef double SHARED_SHIFT_MIN_TOTAL = 1e-13
+
+cdef extern from *:
+    """
+    /* The per-row arrays of a chunk never overlap; saying so lets GCC vectorise the
+       loops over several of them, where it would need a run-time overlap check per
+       pair of arrays and gives up beyond ten pairs. */
+    typedef double *__restrict numbaloss_out_t;
+    typedef const double *__restrict numbaloss_in_t;
+    """
+    ctypedef double* out_t "numbaloss_out_t"
+    ctypedef const double* in_t "numbaloss_in_t"
+
+#: the per-row arrays of a chunk, each ``per_chunk`` long, after the chunk's K·per_chunk
+#: exps in the scratch memory of a thread: the shift, Σⱼ e^{zⱼ − shift} and its log;
+#: the label's e^{z − shift}, z − shift and class weight, Σ_{j≠label} e^{zⱼ − shift}
+#: when p_label > ½ (else nan), Σⱼ cⱼ(zⱼ − shift); the results of _from_softmax_rows
+cdef enum:
+    SHIFT, TOTAL, LOG_TOTAL, EX_LABEL, SHIFTED_LABEL, WEIGHT_LABEL, REST, SMOOTHED_SUM
+    LOSS, COEF, GRAD_LABEL, H1, H2, HESS_LABEL
+    ROW_ARRAYS
+
+
+cdef inline Py_ssize_t _scratch_size(Py_ssize_t per_chunk, Py_ssize_t k) noexcept nogil:
+    """doubles of scratch memory per thread"""
+    return per_chunk * (k + ROW_ARRAYS)
+
+
+cdef inline double* _row_array(double* scratch, Py_ssize_t per_chunk, Py_ssize_t k, int which) noexcept nogil:
+    return scratch + per_chunk * (k + which)
+
+
+cdef inline double _block_max(const floating* x, Py_ssize_t n) noexcept nogil:
+    """max(x[0], …, x[n-1]) passing over nan (−inf for none), in eight interleaved
+    lanes (GCC vectorises no running maximum without -ffast-math)."""
+    cdef floating lane[8]
+    cdef Py_ssize_t c, j, n8 = n - n % 8
+    for j in range(8):
+        lane[j] = -INFINITY
+    for c in range(0, n8, 8):
+        for j in range(8):
+            lane[j] = x[c + j] if x[c + j] > lane[j] else lane[j]
+    for c in range(n8, n):
+        lane[0] = x[c] if x[c] > lane[0] else lane[0]
+    for j in range(1, 8):
+        lane[0] = lane[j] if lane[j] > lane[0] else lane[0]
+    return <double>lane[0]
+
+
+cdef inline void _softmax_row(const floating* z, Py_ssize_t k, double* ex, double* shift, double* total,
+                              double* log_total) noexcept nogil:
+    """ex[j] = e^{zⱼ − m} for m = maxⱼ zⱼ (0 for a row of −inf); m, Σⱼ and log Σⱼ."""
+    cdef double m = _block_max(z, k)
+    cdef double acc = 0.0, e
+    cdef Py_ssize_t j
+    m = 0.0 if m == -INFINITY else m
+    for j in range(k):
+        e = fast_exp(<double>z[j] - m)
+        ex[j] = e
+        acc += e
+    shift[0] = m
+    total[0] = acc
+    log_total[0] = fast_log(acc)
+
+
+cdef inline void _softmax_block(const floating* z, Py_ssize_t count, Py_ssize_t k, out_t ex, out_t shifts,
+                                out_t totals, out_t log_totals) noexcept nogil:
+    """For the ``count`` rows from ``z`` on: ex[r·K + j] = e^{zᵣⱼ − shifts[r]},
+    totals[r] = Σⱼ ex[r·K + j], log_totals[r] = log totals[r].  The shift is the
+    block's maximum M, shared so that the exps run as one flat loop over count·K
+    values, except for rows far below M (SHARED_SHIFT_MIN_TOTAL), which get their
+    own.  float32 logits, whose probabilities are float32, take exp_to_float32."""
+    cdef Py_ssize_t size = count * k, t, r, j
+    cdef double shift = _block_max(z, size), acc
+    shift = 0.0 if shift == -INFINITY else shift
+    if floating is float:
+        for t in range(size):
+            ex[t] = exp_to_float32(<double>z[t] - shift)
+    else:
+        for t in range(size):
+            ex[t] = fast_exp(z[t] - shift)
+    for r in range(count):
+        acc = 0.0
+        for j in range(k):
+            acc += ex[r * k + j]
+        totals[r] = acc
+        shifts[r] = shift
+    for r in range(count):
+        log_totals[r] = fast_log(totals[r])
+    for r in range(count):
+        if not totals[r] >= SHARED_SHIFT_MIN_TOTAL:  # nan too: recomputed, stays nan
+            _softmax_row(z + r * k, k, ex + r * k, &shifts[r], &totals[r], &log_totals[r])
+
+
+cdef inline double _one_minus_p(double ex_label, double total, double rest) noexcept nogil:
+    """1 − p_label: from the other classes (``rest``) when p > ½, where 1 − p would
+    cancel (and ex, Σ carry float32 precision with exp_to_float32)."""
+    return 1.0 - ex_label / total if isnan(rest) else rest / total
+
+
+cdef void _from_softmax_rows(Kind* kind, Py_ssize_t count, Py_ssize_t k, const double* p, in_t ex_label,
+                             in_t totals, in_t log_totals, in_t shifted_label, in_t rest, in_t smoothed_sum,
+                             in_t weight_label, out_t loss, out_t coef, out_t grad_label, out_t h1, out_t h2,
+                             out_t hess_label) noexcept nogil:
+    """Per row r of a chunk, with pⱼ = exⱼ / Σ: the loss, and the coefficients of
+        l′ⱼ = exⱼ·coef − uniform·cⱼ,   l″ⱼ = pⱼ(1 − pⱼ)·h1 − pⱼ²·h2,
+    then the label's own l′ and l″ (softmax.py's cce_from_softmax and
+    focal_from_softmax).  One loop over the rows with scalars only: it vectorises."""
+    cdef Py_ssize_t r
+    cdef double smoothing, uniform, uniform_total, c_label, weight_total, neg_logp, prob, q, e, total, lt, rs
+    cdef double gamma, a, log_rest, logp, u, b_unit, dbdp, b, c
+    cdef bint none
+    if Kind is CceLogitsLabels:
+        smoothing = p[0]
+        uniform = smoothing / k
+        uniform_total = uniform * p[1]
+        for r in range(count):
+            e = ex_label[r]
+            total = totals[r]
+            lt = log_totals[r]
+            rs = rest[r]
+            c_label = (1.0 - smoothing) * weight_label[r]
+            weight_total = c_label + uniform_total  # S = Σⱼ cⱼtⱼ
+            q = _one_minus_p(e, total, rs)
+            # −log p_label = log(1 + rest/ex_label): exact for p near 1, unlike log Σ − (z − m)
+            neg_logp = lt - shifted_label[r] if isnan(rs) else fast_log1p(rs / e)
+            loss[r] = c_label * neg_logp + uniform_total * lt - uniform * smoothed_sum[r]
+            prob = e / total
+            coef[r] = weight_total / total
+            # l′_label = S·p − c_label − uniform·c_label_class, S·p − c_label through 1 − p
+            grad_label[r] = uniform_total * prob - c_label * q - uniform * weight_label[r]
+            h1[r] = weight_total
+            h2[r] = 0.0
+            hess_label[r] = weight_total * prob * q
+    else:
+        # only the label's class has a nonzero Bⱼ: l′ⱼ = pⱼB − [j = label]·B
+        gamma = p[0]
+        for r in range(count):
+            e = ex_label[r]
+            total = totals[r]
+            lt = log_totals[r]
+            rs = rest[r]
+            a = weight_label[r]
+            # log(1 − p) = log rest − log Σ when p > ½
+            log_rest = NAN if isnan(rs) else (fast_log(rs) - lt if k > 1 else -INFINITY)
+            prob, logp, u, b_unit, dbdp = _focal_logit_class(<Branchfree*>NULL, shifted_label[r], lt,
+                                                             log_rest, gamma)
+            b = a * b_unit
+            c = a * prob * dbdp
+            q = _one_minus_p(e, total, rs)
+            none = a == 0.0
+            # l′ = (p − 1)·B and l″ = p(1 − p)B − C(1 − p) + p(C − pC), through 1 − p
+            loss[r] = 0.0 if none else -a * u * logp
+            coef[r] = 0.0 if none else b / total
+            grad_label[r] = 0.0 if none else -q * b
+            h1[r] = 0.0 if none else b
+            h2[r] = 0.0 if none else c
+            hess_label[r] = 0.0 if none else q * (prob * b - c + prob * c)
+
+
+cdef (double, int) _label_rows_chunk(Kind* kind, const Rows* rw, Py_ssize_t c, Py_ssize_t per_chunk,
+                                     const floating* z, floating* out_value, floating* grad, floating* hess,
+                                     double* scratch) noexcept nogil:
+    """_rows_chunk of cce_logits_labels and focal_logits_labels (K > 0), in three
+    passes over the chunk (see above); ``scratch``: _scratch_size doubles."""
+    cdef Py_ssize_t k = rw.k, first = c * per_chunk
+    cdef Py_ssize_t count = min(per_chunk, rw.n - first), r, i, j
+    cdef const int64_t* labels = <const int64_t*>rw.target
+    cdef const floating* zc = z + first * k
+    cdef double* ex = scratch
+    cdef double* shifts = _row_array(scratch, per_chunk, k, SHIFT)
+    cdef double* totals = _row_array(scratch, per_chunk, k, TOTAL)
+    cdef double* ex_label = _row_array(scratch, per_chunk, k, EX_LABEL)
+    cdef double* shifted_label = _row_array(scratch, per_chunk, k, SHIFTED_LABEL)
+    cdef double* weight_label = _row_array(scratch, per_chunk, k, WEIGHT_LABEL)
+    cdef double* rest = _row_array(scratch, per_chunk, k, REST)
+    cdef double* smoothed_sum = _row_array(scratch, per_chunk, k, SMOOTHED_SUM)
+    cdef double* loss = _row_array(scratch, per_chunk, k, LOSS)
+    cdef double* coef = _row_array(scratch, per_chunk, k, COEF)
+    cdef double* grad_label = _row_array(scratch, per_chunk, k, GRAD_LABEL)
+    cdef double* h1 = _row_array(scratch, per_chunk, k, H1)
+    cdef double* h2 = _row_array(scratch, per_chunk, k, H2)
+    cdef double* hess_label = _row_array(scratch, per_chunk, k, HESS_LABEL)
+    cdef bint smoothed = False
+    cdef double uniform = 0.0, e, others, acc, wi, s, sc, inv_total, pj
+    cdef int64_t label
+    cdef int status, found = 0
+    cdef floating* g
+    cdef floating* h
+    if Kind is CceLogitsLabels:
+        smoothed = rw.p[0] != 0.0
+        uniform = rw.p[0] / k
+    _softmax_block(zc, count, k, ex, shifts, totals, _row_array(scratch, per_chunk, k, LOG_TOTAL))
+    for r in range(count):
+        label = labels[first + r]
+        if _label_status(label, k, rw.has_ignore, rw.ignore_index) != 0:
+            label = 0  # any class: the row's results are not used
+        e = ex[r * k + label]
+        ex_label[r] = e
+        shifted_label[r] = <double>zc[r * k + label] - shifts[r]
+        weight_label[r] = rw.cw[label]
+        rest[r] = NAN
+        if e > 0.5 * totals[r]:
+            others = 0.0
+            for j in range(k):
+                others += ex[r * k + j] if j != label else 0.0
+            rest[r] = others
+        smoothed_sum[r] = 0.0
+        if smoothed:
+            acc = 0.0
+            for j in range(k):
+                acc += rw.cw[j] * (<double>zc[r * k + j] - shifts[r])
+            smoothed_sum[r] = acc
+    _from_softmax_rows(kind, count, k, rw.p, ex_label, totals, _row_array(scratch, per_chunk, k, LOG_TOTAL),
+                       shifted_label, rest, smoothed_sum, weight_label, loss, coef, grad_label, h1, h2,
+                       hess_label)
+    acc = 0.0
+    for r in range(count):
+        i = first + r
+        wi = rw.w[i] if rw.w != NULL else 1.0
+        s = rw.scale * wi
+        label = labels[i]
+        status = _label_status(label, k, rw.has_ignore, rw.ignore_index)
+        g = grad + i * k if grad != NULL else NULL
+        h = hess + i * k if hess != NULL else NULL
+        if status != 0:
+            _zero_row(k, g, h)
+            found |= max(status, 0)
+            if rw.write_values:
+                out_value[i] = 0.0
+            continue
+        if g != NULL:
+            if uniform != 0.0:
+                for j in range(k):
+                    g[j] = <floating>(s * (ex[r * k + j] * coef[r] - uniform * rw.cw[j]))
+            else:
+                sc = s * coef[r]
+                for j in range(k):
+                    g[j] = <floating>(sc * ex[r * k + j])
+            g[label] = <floating>(s * grad_label[r])
+        if h != NULL:
+            inv_total = 1.0 / totals[r]
+            for j in range(k):
+                pj = ex[r * k + j] * inv_total
+                h[j] = <floating>(s * (pj * (1.0 - pj) * h1[r] - pj * pj * h2[r]))
+            h[label] = <floating>(s * hess_label[r])
+        acc += wi * loss[r]
+        if rw.write_values:
+            out_value[i] = <floating>(s * loss[r])
+    return acc, found
+
+
 # ---------------------------------------------------------------------- loop
 cdef inline (double, int) _row(Kind* kind, const Rows* r, Py_ssize_t i, const floating* z, double s,
                                floating* grad, floating* hess) noexcept nogil:
@@ -443,30 +754,53 @@ cdef inline (double, int) _rows_chunk(Kind* kind, const Rows* r, Py_ssize_t c, P
     return acc, found
 
 
+cdef inline (double, int) _chunk(Kind* kind, const Rows* r, Py_ssize_t c, Py_ssize_t per_chunk,
+                                 const floating* z, floating* out_value, floating* grad, floating* hess,
+                                 double* scratch) noexcept nogil:
+    """Chunk c: by ``_label_rows_chunk`` where ``scratch`` was given, else row by row."""
+    if Kind is CceLogitsLabels or Kind is FocalLogitsLabels:
+        if scratch != NULL:
+            return _label_rows_chunk(kind, r, c, per_chunk, z, out_value, grad, hess, scratch)
+    return _rows_chunk(kind, r, c, per_chunk, z, out_value, grad, hess)
+
+
 cdef (double, int) _rows(Kind* kind, const Rows* r, const floating* z, floating* out_value, floating* grad,
                          floating* hess, int n_threads) noexcept nogil:
     """Σᵢ wᵢ·lᵢ over the rows (chunk sums added in chunk order) and the status flags;
     (nan, -1) when out of memory."""
     cdef Py_ssize_t per_chunk = max(1, ROW_CHUNK_ELEMENTS // max(r.k, 1))
     cdef Py_ssize_t n_chunks = (r.n + per_chunk - 1) // per_chunk
-    cdef Py_ssize_t c
+    cdef Py_ssize_t c, scratch_size = 0
     cdef double total = 0.0
     cdef int result = 0
     cdef (double, int) res
+    cdef bint parallel = n_threads > 1 and r.n * r.k >= PARALLEL_THRESHOLD
+    cdef int team = n_threads if parallel else 1
     cdef double* partial = <double*>malloc(max(n_chunks, 1) * sizeof(double))
     cdef int* flags = <int*>malloc(max(n_chunks, 1) * sizeof(int))
+    cdef double* scratch = NULL  # the scratch memory of each thread (label_rows kinds)
+    if Kind is CceLogitsLabels or Kind is FocalLogitsLabels:
+        if r.k > 0:
+            scratch_size = _scratch_size(per_chunk, r.k)
+            scratch = <double*>malloc(team * scratch_size * sizeof(double))
+            if scratch == NULL:
+                free(partial)
+                free(flags)
+                return NAN, -1
     if partial == NULL or flags == NULL:
         free(partial)
         free(flags)
+        free(scratch)
         return NAN, -1
-    if n_threads > 1 and r.n * r.k >= PARALLEL_THRESHOLD:
-        for c in prange(n_chunks, num_threads=n_threads, schedule="dynamic"):
-            res = _rows_chunk(kind, r, c, per_chunk, z, out_value, grad, hess)
+    if parallel:
+        for c in prange(n_chunks, num_threads=team, schedule="dynamic"):
+            res = _chunk(kind, r, c, per_chunk, z, out_value, grad, hess,
+                         scratch + threadid() * scratch_size if scratch != NULL else NULL)
             partial[c] = res[0]
             flags[c] = res[1]
     else:
         for c in range(n_chunks):
-            res = _rows_chunk(kind, r, c, per_chunk, z, out_value, grad, hess)
+            res = _chunk(kind, r, c, per_chunk, z, out_value, grad, hess, scratch)
             partial[c] = res[0]
             flags[c] = res[1]
     for c in range(n_chunks):
@@ -474,6 +808,7 @@ cdef (double, int) _rows(Kind* kind, const Rows* r, const floating* z, floating*
         result |= flags[c]
     free(partial)
     free(flags)
+    free(scratch)
     return total, result
 
 

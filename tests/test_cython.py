@@ -182,14 +182,14 @@ def test_result_does_not_depend_on_thread_count(name, kwargs, shape):
         assert np.array_equal(grad, results[0][1])
 
 
-def _elementwise_copies():
-    """The compiled copies of the elementwise loops this CPU runs (see setup.py)."""
-    base = importlib.import_module("numbaloss._cext.elementwise")
+def _copies(module="elementwise"):
+    """The compiled copies of a _cext module that this CPU runs (see setup.py)."""
+    base = importlib.import_module(f"numbaloss._cext.{module}")
     copies = {"baseline": base}
     for isa in _cython_backend.ISAS[:-1]:
         if base.cpu_supports(isa):
             try:
-                copies[isa] = importlib.import_module(f"numbaloss._cext.elementwise_{isa}")
+                copies[isa] = importlib.import_module(f"numbaloss._cext.{module}_{isa}")
             except ImportError:
                 pass
     return copies
@@ -207,7 +207,7 @@ def test_instruction_set_copies_agree():
     """Every copy of the elementwise loops (baseline, AVX2, AVX-512) computes the same
     numbers, to the fused multiply-adds of the fast exp/log (used where the copy's
     instruction set has FMA)."""
-    copies = _elementwise_copies()
+    copies = _copies()
     if len(copies) == 1:
         pytest.skip("only the baseline copy of numbaloss._cext.elementwise is built or runs here")
     rng = np.random.default_rng(5)
@@ -238,6 +238,34 @@ def test_instruction_set_copies_agree():
             for a, b in zip(got[1:], ref[1:]):
                 if a is not None:
                     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12, err_msg=f"{term} {isa}")
+
+
+@pytest.mark.parametrize("name", ["categorical_cross_entropy", "categorical_focal"])
+def test_softmax_instruction_set_copies_agree(name, monkeypatch):
+    """Every copy of the softmax loops gives the same results through the public API:
+    integer labels (the chunked label rows, float32 exps) and dense targets, float32
+    and float64, across chunk boundaries and the parallel threshold."""
+    copies = _copies("softmax")
+    if len(copies) == 1:
+        pytest.skip("only the baseline copy of numbaloss._cext.softmax is built or runs here")
+    rng = np.random.default_rng(9)
+    loss = nl.LOSSES[name]
+    for dtype in (np.float32, np.float64):
+        logits = (4 * rng.standard_normal((30_011, 7))).astype(dtype)
+        labels = rng.integers(0, 7, 30_011)
+        dense = rng.dirichlet(np.ones(7), 30_011).astype(dtype)
+        for target in (labels, dense):
+            results = {}
+            for isa, module in copies.items():
+                monkeypatch.setattr(_cython_backend, "_softmax", module)
+                results[isa] = (loss.value_and_grad(target, logits, from_logits=True, backend="cython"),
+                                loss.grad_hess(target, logits, from_logits=True, backend="cython"))
+            (ref_value, ref_grad), ref_gh = results["baseline"]
+            tol = tolerance(dtype, "softmax")
+            for isa, ((value, grad), gh) in results.items():
+                np.testing.assert_allclose(value, ref_value, rtol=tol["rtol"], err_msg=f"{name} {isa}")
+                for a, b in zip((grad,) + tuple(gh), (ref_grad,) + tuple(ref_gh)):
+                    np.testing.assert_allclose(a, b, **tol, err_msg=f"{name} {isa} {dtype.__name__}")
 
 
 def test_domain_flags_and_nan():

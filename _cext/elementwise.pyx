@@ -52,8 +52,8 @@ def max_threads():
 
 
 def cpu_supports(isa):
-    """Whether this CPU runs the copies of this module built for ``isa`` ("avx2",
-    "avx512"; see setup.py)."""
+    """Whether this CPU runs the copies of the _cext modules built for ``isa``
+    ("avx2", "avx512"; see setup.py): the same checks (_common.pxd) for every module."""
     if isa == "avx512":
         return bool(numbaloss_cpu_supports_avx512())
     if isa == "avx2":

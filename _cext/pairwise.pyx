@@ -39,8 +39,7 @@ from libc.string cimport memcpy
 
 from cython cimport floating
 
-from _common cimport (NUMBALOSS_HAVE_OPENMP, numbaloss_cpu_supports_avx2, numbaloss_cpu_supports_avx512,
-                      numbaloss_omp_max_threads)
+from _common cimport NUMBALOSS_HAVE_OPENMP, numbaloss_omp_max_threads
 from _fastmath cimport exp as _exp64
 
 import math
@@ -90,16 +89,6 @@ def set_num_threads(int n):
 def max_threads():
     """OpenMP's default team size here (OMP_NUM_THREADS or the CPUs); 1 without OpenMP."""
     return numbaloss_omp_max_threads()
-
-
-def cpu_supports(isa):
-    """Whether this CPU runs the copies of this module built for ``isa`` ("avx2",
-    "avx512"; see setup.py)."""
-    if isa == "avx512":
-        return bool(numbaloss_cpu_supports_avx512())
-    if isa == "avx2":
-        return bool(numbaloss_cpu_supports_avx2())
-    return isa == "baseline"
 
 
 def _use_threads(work):

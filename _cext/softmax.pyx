@@ -35,8 +35,7 @@ from libc.stdlib cimport free, malloc
 
 from cython cimport floating
 
-from _common cimport (BAD_LABEL, BAD_PREDICTION, BAD_TARGET, PARALLEL_THRESHOLD, ROW_CHUNK_ELEMENTS,
-                      numbaloss_cpu_supports_avx2, numbaloss_cpu_supports_avx512)
+from _common cimport (BAD_LABEL, BAD_PREDICTION, BAD_TARGET, PARALLEL_THRESHOLD, ROW_CHUNK_ELEMENTS)
 from _fastmath cimport exp as fast_exp
 from _fastmath cimport exp_to_float32
 from _fastmath cimport log as fast_log
@@ -45,16 +44,6 @@ from _points cimport _max, _min
 
 #: bumped whenever the call signature of ``run`` changes (the backend checks it)
 API_VERSION = 1
-
-
-def cpu_supports(isa):
-    """Whether this CPU runs the copies of this module built for ``isa`` ("avx2",
-    "avx512"; see setup.py)."""
-    if isa == "avx512":
-        return bool(numbaloss_cpu_supports_avx512())
-    if isa == "avx2":
-        return bool(numbaloss_cpu_supports_avx2())
-    return isa == "baseline"
 
 
 # ------------------------------------------------------------------ kind tags

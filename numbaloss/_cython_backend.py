@@ -69,13 +69,13 @@ ISAS = ("avx512", "avx2", "baseline")
 
 def _isa_variant(module):
     """The widest copy of ``module`` (see setup.py) that was built and that this CPU
-    runs.  NUMBALOSS_CYTHON_ISA=avx2 or baseline caps the choice (tests, benchmarks)."""
+    runs (elementwise's ``cpu_supports`` answers for every module).  NUMBALOSS_CYTHON_ISA=avx2 or baseline caps the choice (tests, benchmarks)."""
     cap = os.environ.get("NUMBALOSS_CYTHON_ISA", "").strip().lower()
     allowed = ISAS[ISAS.index(cap):] if cap in ISAS else ISAS
     for isa in allowed:
         if isa == "baseline":
             return module
-        if not module.cpu_supports(isa):
+        if not _elementwise.cpu_supports(isa):
             continue
         try:
             copy = importlib.import_module(f"{module.__name__}_{isa}")

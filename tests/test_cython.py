@@ -187,7 +187,7 @@ def _copies(module="elementwise"):
     base = importlib.import_module(f"numbaloss._cext.{module}")
     copies = {"baseline": base}
     for isa in _cython_backend.ISAS[:-1]:
-        if base.cpu_supports(isa):
+        if _cython_backend._elementwise.cpu_supports(isa):
             try:
                 copies[isa] = importlib.import_module(f"numbaloss._cext.{module}_{isa}")
             except ImportError:
